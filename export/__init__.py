@@ -1,0 +1,1 @@
+"""irec export: a trained run → a versioned, self-verifying serving bundle."""

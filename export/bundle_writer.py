@@ -1,0 +1,248 @@
+"""`irec export`: turn a run folder into a verified bundle, swapped in only when it passes.
+
+Steps: ONNX fp32 → int8 (CPU) and fp16 (GPU) → parity gate → tokenizer, items,
+embeddings, centroids, HNSW indexes → manifest with sha256 of every file → load
+the staged bundle with the server's own loader and answer a request → atomic
+swap into place. Any failure leaves an existing bundle at the target untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.item_index import build_index, recall_at_k, save_index
+from export.onnx_encoder import convert_fp16, export_fp32, quantize_int8
+from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
+from server import manifest as fmt
+from server.bundle import load_bundle
+from server.encoder import TextEncoder, create_session, load_tokenizer
+from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
+from server.history import render_history
+from training.encoder import embed_texts, load_encoder
+
+# Texts for the parity gate: items, rendered histories and very short inputs
+# (the worst case for int8).
+PARITY_ITEMS = 48
+PARITY_HISTORIES = 48
+SHORT_TEXTS = ["jazz", "space", "a", "cooking at home", "detective story", "?"]
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported (missing files, parity or recall failure)."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Knobs of one export."""
+
+    parity_min: float = PARITY_MIN_COSINE
+    parity_mean: float = PARITY_MEAN_COSINE
+    fp16: bool = True
+    version: str | None = None
+    hnsw: fmt.HnswParams = fmt.HnswParams()
+    default_mode: RetrievalMode = RetrievalMode.ALL_ITEMS
+    min_recall: float = 0.9
+
+
+def _read_run(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        raise ExportError(f"{path}: missing (is {run} a run folder from `irec train`?)")
+    for name in ("model", "items.jsonl", "item_embeddings.npy", "centroids.npy", "clusters.json"):
+        if not (run / name).exists():
+            raise ExportError(f"{run / name}: missing from the run folder")
+    return json.loads(path.read_text())
+
+
+def export_run(run: Path, out: Path, options: ExportOptions | None = None) -> fmt.Manifest:
+    """Export `run` into bundle folder `out`; return the manifest written."""
+    options = options or ExportOptions()
+    info = _read_run(run)
+    stage = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        manifest = _build(run, info, stage, options)
+        _self_check(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap_in(stage, out)
+    return manifest
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace `out` with `stage` (two renames; the old bundle is kept until the new one is in)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Manifest:
+    ft = info["finetune"]
+    print("[export] loading the fine-tuned encoder", flush=True)
+    encoder, tokenizer = load_encoder(run / "model")
+    tokenizer_json = run / "model" / fmt.TOKENIZER_FILE
+    if not tokenizer_json.is_file():
+        raise ExportError(f"{tokenizer_json}: missing (the encoder needs a fast tokenizer)")
+    shutil.copy(tokenizer_json, stage / fmt.TOKENIZER_FILE)
+    # In MeanPoolEncoder.forward's order: ONNX names inputs by position.
+    input_names = [
+        n
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+        if n in tokenizer.model_input_names
+    ]
+
+    print("[export] ONNX fp32 → int8 (per-channel) and fp16", flush=True)
+    fp32 = stage / "encoder.fp32.onnx"
+    export_fp32(encoder, input_names, fp32)
+    quantize_int8(fp32, stage / fmt.ENCODER_INT8_FILE)
+    encoders = {"int8": fmt.ENCODER_INT8_FILE}
+    if options.fp16:
+        convert_fp16(fp32, stage / fmt.ENCODER_FP16_FILE)
+        encoders["fp16"] = fmt.ENCODER_FP16_FILE
+
+    records = [json.loads(line) for line in (run / "items.jsonl").read_text().splitlines()]
+    texts = [r["text"] for r in records]
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(texts), size=min(PARITY_ITEMS, len(texts)), replace=False)
+    histories = [
+        render_history([texts[int(i)] for i in rng.choice(len(texts), size=int(n))])
+        for n in rng.integers(2, 25, size=PARITY_HISTORIES)
+    ]
+    parity_texts = [texts[int(i)] for i in picked] + histories + SHORT_TEXTS
+    max_length = int(ft["history_max_length"])
+    reference = embed_texts(encoder, tokenizer, parity_texts, max_length, progress=False)
+    server_tokenizer = load_tokenizer(stage / fmt.TOKENIZER_FILE, max_length)
+    parity: dict[str, fmt.ParityReport] = {}
+    for name, file in encoders.items():
+        session = create_session({"int8": stage / file}, device="cpu")
+        report = measure_parity(
+            reference,
+            TextEncoder(server_tokenizer, session),
+            parity_texts,
+            options.parity_min,
+            options.parity_mean,
+        )
+        print(
+            f"[export] parity {name}: cosine mean {report.cosine_mean:.4f}, "
+            f"min {report.cosine_min:.4f} over {report.num_texts} texts",
+            flush=True,
+        )
+        check_parity(name, report)
+        parity[name] = report
+    fp32.unlink()
+
+    item_embeddings = np.load(run / "item_embeddings.npy").astype(np.float32)
+    centroids = np.load(run / "centroids.npy").astype(np.float32)
+    clusters = json.loads((run / "clusters.json").read_text())["clusters"]
+    with (stage / fmt.ITEMS_FILE).open("w", encoding="utf-8") as handle:
+        for r in records:
+            handle.write(json.dumps({"id": r["id"], "title": r["title"], "text": r["text"]}) + "\n")
+    np.save(stage / fmt.ITEM_EMBEDDINGS_FILE, item_embeddings)
+    np.save(stage / fmt.CENTROIDS_FILE, centroids)
+    (stage / fmt.CLUSTERS_FILE).write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {
+                        "id": c["id"],
+                        "description": c["description"],
+                        "size": c["size"],
+                        "item_rows": c["item_rows"],
+                    }
+                    for c in clusters
+                ]
+            }
+        )
+    )
+
+    print("[export] HNSW indexes: all items and one per cluster", flush=True)
+    all_rows = list(range(len(records)))
+    index = build_index(item_embeddings, all_rows, options.hnsw)
+    save_index(index, stage / fmt.ALL_ITEMS_INDEX_FILE)
+    queries = item_embeddings[rng.choice(len(records), size=min(200, len(records)), replace=False)]
+    users_path = run / "user_embeddings.npy"
+    if users_path.exists():
+        users = np.load(users_path).astype(np.float32)
+        queries = users[rng.choice(len(users), size=min(500, len(users)), replace=False)]
+    recall = recall_at_k(index, item_embeddings, queries)
+    if recall < options.min_recall:
+        raise ExportError(f"HNSW recall@10 {recall:.3f} is below {options.min_recall}")
+    for c in clusters:
+        save_index(
+            build_index(item_embeddings, c["item_rows"], options.hnsw),
+            stage / fmt.cluster_index_file(int(c["id"])),
+        )
+
+    files = {
+        p.relative_to(stage).as_posix(): fmt.sha256_file(p)
+        for p in sorted(stage.rglob("*"))
+        if p.is_file()
+    }
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    content_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]
+    version = options.version or f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{content_hash}"
+    manifest = fmt.Manifest(
+        schema_version=fmt.SCHEMA_VERSION,
+        bundle_version=version,
+        created_at=created,
+        model_name=str(info["model_name"]),
+        dimension=int(item_embeddings.shape[1]),
+        max_sequence_length=max_length,
+        num_items=len(records),
+        num_clusters=len(clusters),
+        quantization="int8 dynamic per-channel (avx512_vnni, QOperator)"
+        + (" + fp16" if options.fp16 else ""),
+        encoders=encoders,
+        parity=parity,
+        hnsw=options.hnsw,
+        default_retrieval_mode=options.default_mode.value,
+        files=files,
+        training={
+            "data": info.get("data"),
+            "seed": info.get("seed"),
+            "metrics": info.get("metrics", {}),
+            "hnsw_recall_at_10": round(recall, 4),
+            "run_created_at": info.get("created_at"),
+        },
+    )
+    (stage / fmt.MANIFEST_FILE).write_text(manifest.to_json())
+    print(f"[export] bundle {version}: {len(records)} items, {len(clusters)} clusters, "
+          f"HNSW recall@10 {recall:.3f}", flush=True)
+    return manifest
+
+
+def _self_check(bundle: Path) -> None:
+    """Load the staged bundle exactly as the server will and answer one request."""
+    loaded = load_bundle(bundle, device="cpu")
+    engine = RecommenderEngine(loaded)
+    result = engine.recommend(RecommendQuery(history_item_ids=[loaded.items[0].item_id], k=5))
+    if not result.items or not result.clusters:
+        raise ExportError(f"{bundle}: self-check request returned no items or clusters")
+
+
+def verify_bundle(bundle: Path) -> str:
+    """`irec export --verify`: checksums, consistency, encoder smoke test, one request."""
+    loaded = load_bundle(bundle, device="cpu")
+    engine = RecommenderEngine(loaded)
+    result = engine.recommend(RecommendQuery(history_item_ids=[loaded.items[0].item_id], k=5))
+    m = loaded.manifest
+    parity = ", ".join(
+        f"{name} mean {p.cosine_mean:.4f} min {p.cosine_min:.4f}" for name, p in m.parity.items()
+    )
+    return (
+        f"{bundle}: OK — bundle {m.bundle_version}, model {m.model_name}, dim {m.dimension}, "
+        f"{m.num_items} items, {m.num_clusters} clusters, {len(m.files)} files checksummed; "
+        f"parity {parity}; sample request → {len(result.items)} items"
+    )

@@ -1,0 +1,171 @@
+"""Load a bundle folder into memory, verifying it completely before anything serves from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from server import manifest as fmt
+from server.encoder import TextEncoder, create_session, load_tokenizer
+from server.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+# A loaded encoder must give unit vectors (normalisation is inside the graph).
+_NORM_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalogue item as the server knows it."""
+
+    item_id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One interest cluster: centroid row, description, members, and its item index."""
+
+    cluster_id: int
+    description: str
+    size: int
+    item_rows: np.ndarray
+    index: hnswlib.Index
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything loaded from one bundle folder; immutable once built."""
+
+    path: Path
+    manifest: fmt.Manifest
+    encoder: TextEncoder
+    items: list[Item]
+    row_of_item: dict[str, int]
+    item_embeddings: np.ndarray
+    centroids: np.ndarray
+    clusters: list[Cluster]
+    all_items_index: hnswlib.Index
+
+    @property
+    def version(self) -> str:
+        """The bundle version from the manifest."""
+        return self.manifest.bundle_version
+
+
+def _load_items(path: Path) -> list[Item]:
+    items = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            try:
+                raw = json.loads(line)
+                items.append(Item(str(raw["id"]), str(raw["title"]), str(raw["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise BundleError(f"{path}:{line_no}: bad item record ({exc})") from exc
+    return items
+
+
+def _load_index(path: Path, dim: int, count: int, params: fmt.HnswParams) -> hnswlib.Index:
+    index = hnswlib.Index(space=params.space, dim=dim)
+    try:
+        index.load_index(str(path), max_elements=count)
+    except RuntimeError as exc:
+        raise BundleError(f"{path}: cannot load HNSW index ({exc})") from exc
+    if index.get_current_count() != count:
+        raise BundleError(
+            f"{path}: holds {index.get_current_count()} items, the manifest says {count}"
+        )
+    index.set_ef(max(params.ef_search, 1))
+    # Queries run one per request in executor threads: no nested threading.
+    index.set_num_threads(1)
+    return index
+
+
+def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> Bundle:
+    """Verify checksums and consistency, load every part, and smoke-test the encoder.
+
+    Raises BundleError naming the file and the problem; nothing is half-loaded.
+    """
+    try:
+        manifest = fmt.read_manifest(path)
+        fmt.verify_checksums(path, manifest)
+    except fmt.ManifestError as exc:
+        raise BundleError(str(exc)) from exc
+
+    items = _load_items(path / fmt.ITEMS_FILE)
+    row_of_item = {item.item_id: row for row, item in enumerate(items)}
+    if len(row_of_item) != len(items) or len(items) != manifest.num_items:
+        raise BundleError(
+            f"{path / fmt.ITEMS_FILE}: {len(items)} records, {len(row_of_item)} distinct IDs, "
+            f"manifest says {manifest.num_items}"
+        )
+    embeddings = np.load(path / fmt.ITEM_EMBEDDINGS_FILE).astype(np.float32, copy=False)
+    centroids = np.load(path / fmt.CENTROIDS_FILE).astype(np.float32, copy=False)
+    expected = {
+        fmt.ITEM_EMBEDDINGS_FILE: (manifest.num_items, manifest.dimension),
+        fmt.CENTROIDS_FILE: (manifest.num_clusters, manifest.dimension),
+    }
+    for name, array in ((fmt.ITEM_EMBEDDINGS_FILE, embeddings), (fmt.CENTROIDS_FILE, centroids)):
+        if array.shape != expected[name]:
+            raise BundleError(f"{path / name}: shape {array.shape}, expected {expected[name]}")
+
+    all_index = _load_index(
+        path / fmt.ALL_ITEMS_INDEX_FILE, manifest.dimension, manifest.num_items, manifest.hnsw
+    )
+    clusters = []
+    clusters_path = path / fmt.CLUSTERS_FILE
+    try:
+        cluster_records = json.loads(clusters_path.read_text())["clusters"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise BundleError(f"{clusters_path}: malformed ({exc})") from exc
+    if len(cluster_records) != manifest.num_clusters:
+        raise BundleError(
+            f"{clusters_path}: {len(cluster_records)} clusters, manifest says "
+            f"{manifest.num_clusters}"
+        )
+    for cluster_id, record in enumerate(cluster_records):
+        rows = np.asarray(record["item_rows"], dtype=np.int64)
+        index = _load_index(
+            path / fmt.cluster_index_file(cluster_id), manifest.dimension, len(rows), manifest.hnsw
+        )
+        clusters.append(
+            Cluster(cluster_id, str(record["description"]), int(record["size"]), rows, index)
+        )
+
+    encoders = {name: path / file for name, file in manifest.encoders.items()}
+    tokenizer = load_tokenizer(path / fmt.TOKENIZER_FILE, manifest.max_sequence_length)
+    try:
+        session = create_session(encoders, device=device, intra_op_threads=intra_op_threads)
+    except Exception as exc:  # onnxruntime raises several types for a bad model
+        raise BundleError(f"{path}: cannot load the ONNX encoder ({exc})") from exc
+    encoder = TextEncoder(tokenizer, session)
+    probe = encoder.encode([items[0].text if items else "probe"])
+    if probe.shape != (1, manifest.dimension) or not np.all(np.isfinite(probe)):
+        raise BundleError(f"{path}: encoder gives {probe.shape}, expected (1, {manifest.dimension})")
+    if abs(float(np.linalg.norm(probe)) - 1.0) > _NORM_TOLERANCE:
+        raise BundleError(f"{path}: encoder output is not L2-normalised")
+    log.info(
+        "loaded bundle %s (%d items, %d clusters, providers %s)",
+        manifest.bundle_version,
+        manifest.num_items,
+        manifest.num_clusters,
+        encoder.providers,
+    )
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        encoder=encoder,
+        items=items,
+        row_of_item=row_of_item,
+        item_embeddings=embeddings,
+        centroids=centroids,
+        clusters=clusters,
+        all_items_index=all_index,
+    )

@@ -1,0 +1,22 @@
+"""Server settings as one frozen dataclass, resolved in main() from flags and IREC_* env vars."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to load the bundle and where to listen."""
+
+    bundle: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    device: str = "auto"  # auto | cpu | cuda
+    intra_op_threads: int = 0  # 0 = onnxruntime's default (physical cores)
+    workers: int = 4  # threads running encode + search
+    max_k: int = 1000
+    max_message_mb: int = 16
+    grace_s: float = 5.0  # drain time on SIGTERM / SIGINT
+    port_file: Path | None = None  # written with the bound port once serving

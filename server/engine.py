@@ -1,0 +1,240 @@
+"""The recommendation core: plain Python in, plain results out; knows nothing of gRPC.
+
+Per request: validate → render the history most-recent-first → encode (ONNX) →
+score clusters against centroids → search an HNSW index → drop seen items.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import hnswlib
+import numpy as np
+
+from server.bundle import Bundle
+from server.errors import InvalidArgument
+from server.history import render_history
+
+DEFAULT_K = 10
+DEFAULT_NUM_CLUSTERS = 3
+
+
+class RetrievalMode(str, Enum):
+    """Where ranked items are searched."""
+
+    ALL_ITEMS = "all_items"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request bounds; each violation is an INVALID_ARGUMENT naming the field."""
+
+    max_k: int = 1000
+    max_history_items: int = 2048
+    max_texts: int = 64
+    max_text_chars: int = 4096
+    max_item_id_chars: int = 256
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One Recommend request in domain terms (history oldest first)."""
+
+    history_item_ids: Sequence[str] = ()
+    history_texts: Sequence[str] = ()
+    k: int = 0
+    include_seen_items: bool = False
+    mode: RetrievalMode | None = None
+    num_clusters: int = 0
+
+
+@dataclass(frozen=True)
+class ScoredCluster:
+    """A cluster and the user's cosine similarity to its centroid."""
+
+    cluster_id: int
+    score: float
+    description: str
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """A recommended item and its cosine similarity to the user."""
+
+    item_id: str
+    score: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds spent per stage of one request."""
+
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The answer to one RecommendQuery."""
+
+    clusters: list[ScoredCluster]
+    items: list[ScoredItem]
+    unknown_item_ids: list[str]
+    bundle_version: str
+    timing: Timing = field(default_factory=Timing)
+
+
+def _check_texts(name: str, texts: Sequence[str], limits: Limits) -> None:
+    if len(texts) > limits.max_texts:
+        raise InvalidArgument(name, f"{len(texts)} texts, at most {limits.max_texts} allowed")
+    for position, text in enumerate(texts):
+        if len(text) > limits.max_text_chars:
+            raise InvalidArgument(
+                f"{name}[{position}]",
+                f"{len(text)} characters, at most {limits.max_text_chars} allowed",
+            )
+
+
+class RecommenderEngine:
+    """Answers recommend and embed calls from one loaded bundle (thread-safe for reads)."""
+
+    def __init__(self, bundle: Bundle, limits: Limits | None = None) -> None:
+        self.bundle = bundle
+        self.limits = limits or Limits()
+        self.max_k = min(self.limits.max_k, len(bundle.items))
+        self.default_mode = RetrievalMode(bundle.manifest.default_retrieval_mode)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of free texts [len(texts), dim]."""
+        if not texts:
+            raise InvalidArgument("texts", "empty: give at least one text")
+        _check_texts("texts", texts, self.limits)
+        for position, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidArgument(f"texts[{position}]", "empty text")
+        return self.bundle.encoder.encode(texts)
+
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        """Clusters and ranked items for one history."""
+        k = self._resolve_k(query.k)
+        num_clusters = self._resolve_num_clusters(query.num_clusters)
+        rows, unknown = self._resolve_history(query)
+        history_text = self._render(rows, query.history_texts)
+
+        started = time.perf_counter()
+        user = self.bundle.encoder.encode([history_text])[0]
+        encoded = time.perf_counter()
+
+        cluster_scores = self.bundle.centroids @ user
+        top_clusters = np.argsort(-cluster_scores)[:num_clusters]
+        clusters = [
+            ScoredCluster(
+                int(c), float(cluster_scores[c]), self.bundle.clusters[int(c)].description
+            )
+            for c in top_clusters
+        ]
+        exclude = set() if query.include_seen_items else set(rows)
+        mode = query.mode or self.default_mode
+        items = self._search(user, k, exclude, mode, int(top_clusters[0]))
+        searched = time.perf_counter()
+        return Recommendation(
+            clusters=clusters,
+            items=items,
+            unknown_item_ids=unknown,
+            bundle_version=self.bundle.version,
+            timing=Timing(
+                encode_ms=(encoded - started) * 1e3, search_ms=(searched - encoded) * 1e3
+            ),
+        )
+
+    def _resolve_k(self, k: int) -> int:
+        if k == 0:
+            return min(DEFAULT_K, self.max_k)
+        if k < 0 or k > self.max_k:
+            raise InvalidArgument("k", f"{k} is out of range: give 1..{self.max_k} (0 = default)")
+        return k
+
+    def _resolve_num_clusters(self, n: int) -> int:
+        available = len(self.bundle.clusters)
+        if n == 0:
+            return min(DEFAULT_NUM_CLUSTERS, available)
+        if n < 0 or n > available:
+            raise InvalidArgument(
+                "num_clusters", f"{n} is out of range: give 1..{available} (0 = default)"
+            )
+        return n
+
+    def _resolve_history(self, query: RecommendQuery) -> tuple[list[int], list[str]]:
+        ids, texts = query.history_item_ids, query.history_texts
+        if not ids and not texts:
+            raise InvalidArgument(
+                "history_item_ids", "empty history: give history_item_ids or history_texts"
+            )
+        if len(ids) > self.limits.max_history_items:
+            raise InvalidArgument(
+                "history_item_ids",
+                f"{len(ids)} items, at most {self.limits.max_history_items} allowed",
+            )
+        _check_texts("history_texts", texts, self.limits)
+        rows: list[int] = []
+        unknown: list[str] = []
+        for position, item_id in enumerate(ids):
+            if len(item_id) > self.limits.max_item_id_chars:
+                raise InvalidArgument(
+                    f"history_item_ids[{position}]",
+                    f"{len(item_id)} characters, at most {self.limits.max_item_id_chars}",
+                )
+            row = self.bundle.row_of_item.get(item_id)
+            if row is None:
+                unknown.append(item_id)
+            else:
+                rows.append(row)
+        if not rows and not any(t.strip() for t in texts):
+            if unknown:
+                example = ", ".join(repr(u) for u in unknown[:3])
+                raise InvalidArgument(
+                    "history_item_ids",
+                    f"none of the {len(unknown)} item IDs is in the catalogue ({example})",
+                )
+            raise InvalidArgument("history_texts", "all texts are empty")
+        return rows, unknown
+
+    def _render(self, rows: Sequence[int], texts: Sequence[str]) -> str:
+        item_texts = [self.bundle.items[row].text for row in rows]
+        return render_history(
+            [*item_texts, *texts], separator=self.bundle.manifest.history_separator
+        )
+
+    def _search(
+        self, user: np.ndarray, k: int, exclude: set[int], mode: RetrievalMode, cluster_id: int
+    ) -> list[ScoredItem]:
+        """Top-k unseen items; in cluster mode the cluster's index first, topped up globally."""
+        found: list[tuple[int, float]] = []
+        if mode is RetrievalMode.CLUSTER:
+            cluster = self.bundle.clusters[cluster_id]
+            # Cluster indexes are labelled with global item rows.
+            local = _knn(cluster.index, user, k + len(exclude), len(cluster.item_rows))
+            found = [(row, s) for row, s in local if row not in exclude][:k]
+        if len(found) < k:
+            taken = exclude | {row for row, _ in found}
+            wanted = k - len(found) + len(taken)
+            more = _knn(self.bundle.all_items_index, user, wanted, len(self.bundle.items))
+            found += [(row, s) for row, s in more if row not in taken][: k - len(found)]
+        return [
+            ScoredItem(self.bundle.items[row].item_id, score, self.bundle.items[row].title)
+            for row, score in found
+        ]
+
+
+def _knn(index: hnswlib.Index, vector: np.ndarray, k: int, size: int) -> list[tuple[int, float]]:
+    """(label, cosine) pairs, best first; hnswlib's ip distance is 1 - dot."""
+    k = min(k, size)
+    if k <= 0:
+        return []
+    labels, distances = index.knn_query(vector[None, :], k=k)
+    return [(int(label), 1.0 - float(d)) for label, d in zip(labels[0], distances[0], strict=True)]

@@ -1,0 +1,176 @@
+"""The bundle format: the one contract between export (writer) and server (reader).
+
+A bundle is a folder::
+
+    manifest.json          this schema, with the sha256 of every other file
+    tokenizer.json         Hugging Face `tokenizers` file of the encoder
+    encoder.int8.onnx      encoder for CPU (int8 dynamic quantization, per-channel)
+    encoder.fp16.onnx      encoder for GPU (fp16), optional
+    items.jsonl            one JSON object per item: id, title, text (row = index label)
+    item_embeddings.npy    float32 [num_items, dim], L2-normalised
+    centroids.npy          float32 [K, dim], L2-normalised cluster centroids
+    clusters.json          per cluster: id, description, size, item rows
+    index/all.hnsw         HNSW (inner product) over all items
+    index/cluster_<k>.hnsw HNSW over the items of cluster k
+
+Both sides import this module; nothing else is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_INT8_FILE = "encoder.int8.onnx"
+ENCODER_FP16_FILE = "encoder.fp16.onnx"
+ITEMS_FILE = "items.jsonl"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
+CENTROIDS_FILE = "centroids.npy"
+CLUSTERS_FILE = "clusters.json"
+INDEX_DIR = "index"
+ALL_ITEMS_INDEX_FILE = f"{INDEX_DIR}/all.hnsw"
+
+# Separator between item texts in a rendered history. Training renders with
+# the same function (server.history), so train and serve cannot drift apart.
+HISTORY_SEPARATOR = " | "
+
+
+def cluster_index_file(cluster_id: int) -> str:
+    """Bundle-relative path of the HNSW index over one cluster's items."""
+    return f"{INDEX_DIR}/cluster_{cluster_id}.hnsw"
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not match the files beside it."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How close an exported encoder is to the torch encoder it came from."""
+
+    cosine_min: float
+    cosine_mean: float
+    num_texts: int
+    threshold_min: float
+    threshold_mean: float
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """HNSW build and query parameters (hnswlib does not save `ef` with an index)."""
+
+    space: str = "ip"
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 128
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the server needs to know about a bundle before loading it."""
+
+    schema_version: int
+    bundle_version: str
+    created_at: str
+    model_name: str
+    dimension: int
+    max_sequence_length: int
+    num_items: int
+    num_clusters: int
+    quantization: str
+    encoders: dict[str, str]
+    parity: dict[str, ParityReport]
+    hnsw: HnswParams
+    default_retrieval_mode: str
+    files: dict[str, str] = field(default_factory=dict)
+    history_separator: str = HISTORY_SEPARATOR
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise to the JSON stored as manifest.json."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        """Parse a manifest dict, naming the first missing or malformed key."""
+        if not isinstance(raw, dict):
+            raise ManifestError("manifest.json: expected a JSON object")
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest.json: schema_version {version!r} is not supported "
+                f"(this server reads {SCHEMA_VERSION})"
+            )
+        try:
+            return cls(
+                schema_version=int(raw["schema_version"]),
+                bundle_version=str(raw["bundle_version"]),
+                created_at=str(raw["created_at"]),
+                model_name=str(raw["model_name"]),
+                dimension=int(raw["dimension"]),
+                max_sequence_length=int(raw["max_sequence_length"]),
+                num_items=int(raw["num_items"]),
+                num_clusters=int(raw["num_clusters"]),
+                quantization=str(raw["quantization"]),
+                encoders={str(k): str(v) for k, v in raw["encoders"].items()},
+                parity={k: ParityReport(**v) for k, v in raw.get("parity", {}).items()},
+                hnsw=HnswParams(**raw["hnsw"]),
+                default_retrieval_mode=str(raw["default_retrieval_mode"]),
+                files={str(k): str(v) for k, v in raw["files"].items()},
+                history_separator=str(raw.get("history_separator", HISTORY_SEPARATOR)),
+                training=dict(raw.get("training", {})),
+            )
+        except KeyError as exc:
+            raise ManifestError(f"manifest.json: missing key {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest.json: malformed value ({exc})") from exc
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and parse ``bundle_dir/manifest.json``."""
+    path = bundle_dir / MANIFEST_FILE
+    if not bundle_dir.is_dir():
+        raise ManifestError(f"{bundle_dir}: bundle folder does not exist")
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing (is this a bundle folder?)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    return Manifest.from_dict(raw)
+
+
+def verify_checksums(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check every file the manifest lists against its sha256; raise on the first mismatch."""
+    required = {TOKENIZER_FILE, ITEMS_FILE, ITEM_EMBEDDINGS_FILE, CENTROIDS_FILE, CLUSTERS_FILE}
+    required |= set(manifest.encoders.values())
+    missing_from_manifest = sorted(required - manifest.files.keys())
+    if missing_from_manifest:
+        raise ManifestError(
+            f"{bundle_dir / MANIFEST_FILE}: files table lacks {', '.join(missing_from_manifest)}"
+        )
+    for name, expected in sorted(manifest.files.items()):
+        path = bundle_dir / name
+        if not path.is_file():
+            raise ManifestError(f"{path}: listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ManifestError(
+                f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…"
+                " (corrupt or modified bundle)"
+            )

@@ -1,0 +1,240 @@
+"""gRPC adapters: protobuf ↔ domain objects, errors → status codes. No model logic here.
+
+Blocking work (tokenize, ONNX, HNSW) runs in a thread pool so the grpc.aio event
+loop never blocks. Unary and streaming RPCs share one error mapping
+(server.errors.grpc_status_for): a unary call aborts with the status, a stream
+answers that one message with `error` set and keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+import grpc
+
+from server.engine import RecommendQuery, Recommendation, RecommenderEngine, RetrievalMode
+from server.errors import grpc_status_for
+from server.generated.recsys.v1 import recommender_pb2 as pb
+from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_MODES = {
+    pb.RETRIEVAL_MODE_UNSPECIFIED: None,
+    pb.RETRIEVAL_MODE_ALL_ITEMS: RetrievalMode.ALL_ITEMS,
+    pb.RETRIEVAL_MODE_CLUSTER: RetrievalMode.CLUSTER,
+}
+# Requests of one stream processed at once; more wait (gRPC flow control
+# then pushes back on the client).
+STREAM_IN_FLIGHT = 8
+
+
+def to_query(request: pb.RecommendRequest) -> RecommendQuery:
+    """Domain query from a RecommendRequest."""
+    return RecommendQuery(
+        history_item_ids=list(request.history_item_ids),
+        history_texts=list(request.history_texts),
+        k=request.k,
+        include_seen_items=request.include_seen_items,
+        mode=_MODES.get(request.mode),
+        num_clusters=request.num_clusters,
+    )
+
+
+def to_response(
+    request_id: str, result: Recommendation, queue_ms: float, total_ms: float
+) -> pb.RecommendResponse:
+    """RecommendResponse from a domain Recommendation."""
+    return pb.RecommendResponse(
+        request_id=request_id,
+        clusters=[
+            pb.ClusterScore(cluster_id=c.cluster_id, score=c.score, description=c.description)
+            for c in result.clusters
+        ],
+        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in result.items],
+        bundle_version=result.bundle_version,
+        timing=pb.Timing(
+            queue_ms=queue_ms,
+            encode_ms=result.timing.encode_ms,
+            search_ms=result.timing.search_ms,
+            total_ms=total_ms,
+        ),
+        unknown_item_ids=result.unknown_item_ids,
+    )
+
+
+class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
+    """Implements recsys.v1.RecommenderService over a RecommenderEngine."""
+
+    def __init__(self, engine: RecommenderEngine, executor: Executor) -> None:
+        self.engine = engine
+        self.executor = executor
+
+    async def _run(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """Run fn in the pool; return its result and the ms it waited for a thread."""
+        submitted = time.perf_counter()
+        started: list[float] = []
+
+        def timed() -> T:
+            started.append(time.perf_counter())
+            return fn()
+
+        result = await asyncio.get_running_loop().run_in_executor(self.executor, timed)
+        return result, (started[0] - submitted) * 1e3
+
+    async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+        arrived = time.perf_counter()
+        query = to_query(request)
+        result, queue_ms = await self._run(lambda: self.engine.recommend(query))
+        return to_response(
+            request.request_id, result, queue_ms, (time.perf_counter() - arrived) * 1e3
+        )
+
+    async def _embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
+        arrived = time.perf_counter()
+        texts = list(request.texts)
+        vectors, queue_ms = await self._run(lambda: self.engine.embed(texts))
+        return pb.EmbedResponse(
+            request_id=request.request_id,
+            embeddings=[pb.Embedding(values=v.tolist()) for v in vectors],
+            dimension=int(vectors.shape[1]),
+            bundle_version=self.engine.bundle.version,
+            timing=pb.Timing(
+                queue_ms=queue_ms, total_ms=(time.perf_counter() - arrived) * 1e3
+            ),
+        )
+
+    async def Recommend(  # noqa: N802 (gRPC method name)
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        """Unary Recommend."""
+        return await _unary(self._recommend(request), context)
+
+    async def Embed(  # noqa: N802
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        """Unary Embed."""
+        return await _unary(self._embed(request), context)
+
+    def RecommendStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.RecommendRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.RecommendResponse]:
+        """Bidirectional Recommend: responses in completion order, each with its request_id."""
+
+        def failed(request: pb.RecommendRequest, exc: BaseException) -> pb.RecommendResponse:
+            code, message = grpc_status_for(exc)
+            return pb.RecommendResponse(
+                request_id=request.request_id,
+                error=pb.Error(code=code.value[0], message=message),
+            )
+
+        return _stream(request_iterator, self._recommend, failed)
+
+    def EmbedStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.EmbedRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        """Bidirectional Embed."""
+
+        def failed(request: pb.EmbedRequest, exc: BaseException) -> pb.EmbedResponse:
+            code, message = grpc_status_for(exc)
+            return pb.EmbedResponse(
+                request_id=request.request_id,
+                error=pb.Error(code=code.value[0], message=message),
+            )
+
+        return _stream(request_iterator, self._embed, failed)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        """What is loaded."""
+        bundle = self.engine.bundle
+        manifest = bundle.manifest
+        return pb.ModelInfo(
+            bundle_version=manifest.bundle_version,
+            model_name=manifest.model_name,
+            dimension=manifest.dimension,
+            num_items=manifest.num_items,
+            clusters=[
+                pb.ClusterInfo(
+                    cluster_id=c.cluster_id,
+                    description=c.description,
+                    size=c.size,
+                    num_items=len(c.item_rows),
+                )
+                for c in bundle.clusters
+            ],
+            quantization=manifest.quantization,
+            providers=bundle.encoder.providers,
+            max_k=self.engine.max_k,
+            max_sequence_length=manifest.max_sequence_length,
+            created_at=manifest.created_at,
+        )
+
+
+async def _unary(work: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
+    try:
+        return await work
+    except Exception as exc:
+        code, message = grpc_status_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("internal error")
+        await context.abort(code, message)
+        raise  # unreachable: abort raises
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def _stream(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], Awaitable[Resp]],
+    failed: Callable[[Req, BaseException], Resp],
+) -> AsyncIterator[Resp]:
+    """Process up to STREAM_IN_FLIGHT requests of a stream at once; yield as each finishes."""
+    done: asyncio.Queue[Resp | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(request: Req) -> None:
+        try:
+            response = await handle(request)
+        except Exception as exc:
+            if grpc_status_for(exc)[0] is grpc.StatusCode.INTERNAL:
+                log.exception("internal error in stream")
+            response = failed(request, exc)
+        finally:
+            slots.release()
+        await done.put(response)
+
+    async def feed() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.create_task(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+        finally:
+            await done.put(None)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while (response := await done.get()) is not None:
+            yield response
+    finally:
+        feeder.cancel()
+        for task in list(tasks):
+            task.cancel()

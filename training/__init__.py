@@ -1,0 +1,1 @@
+"""irec training: data → text → fine-tune → embed → cluster → evaluate (torch allowed here)."""

@@ -1,0 +1,223 @@
+"""Load interaction logs and item catalogues into one shape, with errors that name file and line.
+
+Every loader returns a :class:`Dataset`: ``interactions`` (user_id, item_id,
+timestamp; sorted by user then time, ties kept in file order) and ``items``
+(item_id, title, year, categories, description). IDs are strings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
+CATEGORY_COLUMNS = ("categories", "category", "genres")
+
+
+class DataError(ValueError):
+    """Input data is missing or malformed; the message names the file (and line or column)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Interactions plus the catalogue they refer to."""
+
+    name: str
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+
+    def sequences(self) -> dict[str, list[str]]:
+        """Each user's item IDs in time order."""
+        grouped = self.interactions.groupby("user_id", sort=False)["item_id"]
+        return {str(user): list(items) for user, items in grouped}
+
+
+def _open_text(path: Path, encoding: str) -> io.TextIOBase:
+    """Open FILE or FILE.gz as text."""
+    if not path.exists() and Path(f"{path}.gz").exists():
+        path = Path(f"{path}.gz")
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")  # noqa: SIM115 (returned to caller)
+
+
+def _dat_rows(path: Path, fields: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a MovieLens ``::`` file, latin-1."""
+    with _open_text(path, "latin-1") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split("::")
+            if len(parts) != fields:
+                raise DataError(
+                    f"{path}:{line_no}: expected {fields} '::'-separated fields, got {len(parts)}"
+                )
+            yield line_no, parts
+
+
+def split_title_year(raw: str) -> tuple[str, int | None]:
+    """'Toy Story (1995)' → ('Toy Story', 1995)."""
+    match = _TITLE_YEAR.match(raw.strip())
+    if match:
+        return match["title"], int(match["year"])
+    return raw.strip(), None
+
+
+def _finish(name: str, interactions: pd.DataFrame, items: pd.DataFrame) -> Dataset:
+    """Sort stably by user then time, drop interactions with unknown items, check non-empty."""
+    interactions = interactions.astype({"user_id": str, "item_id": str, "timestamp": "int64"})
+    items = items.astype({"item_id": str}).drop_duplicates("item_id").reset_index(drop=True)
+    known = interactions["item_id"].isin(set(items["item_id"]))
+    interactions = interactions[known]
+    interactions = interactions.sort_values(
+        ["user_id", "timestamp"], kind="stable"
+    ).reset_index(drop=True)
+    if interactions.empty:
+        raise DataError(f"{name}: no interactions with items of the catalogue")
+    return Dataset(name=name, interactions=interactions, items=items)
+
+
+def load_movielens_1m(folder: Path) -> Dataset:
+    """MovieLens-1M: ratings.dat and movies.dat (latin-1, '::'), plain or .gz."""
+    rows = []
+    ratings = folder / "ratings.dat"
+    for line_no, (user, item, _rating, ts) in _dat_rows(ratings, 4):
+        if not ts.isdigit():
+            raise DataError(f"{ratings}:{line_no}: timestamp {ts!r} is not an integer")
+        rows.append((user, item, int(ts)))
+    interactions = pd.DataFrame(rows, columns=list(INTERACTION_COLUMNS))
+    movies = folder / "movies.dat"
+    records = []
+    for _line_no, (item, raw_title, genres) in _dat_rows(movies, 3):
+        title, year = split_title_year(raw_title)
+        records.append((item, title, year, genres.split("|") if genres else [], ""))
+    items = pd.DataFrame(records, columns=["item_id", "title", "year", "categories", "description"])
+    return _finish(f"movielens-1m:{folder}", interactions, items)
+
+
+def load_movielens_latest(folder: Path) -> Dataset:
+    """MovieLens latest(-small): ratings.csv and movies.csv (UTF-8, header)."""
+    ratings = _read_table(folder / "ratings.csv", ["userId", "movieId", "timestamp"])
+    interactions = ratings.rename(
+        columns={"userId": "user_id", "movieId": "item_id"}
+    )[list(INTERACTION_COLUMNS)]
+    _check_integer(interactions, "timestamp", folder / "ratings.csv")
+    movies = _read_table(folder / "movies.csv", ["movieId", "title", "genres"])
+    records = []
+    for item, raw_title, genres in movies[["movieId", "title", "genres"]].itertuples(index=False):
+        title, year = split_title_year(str(raw_title))
+        cats = [] if genres in ("(no genres listed)", "") else str(genres).split("|")
+        records.append((str(item), title, year, cats, ""))
+    items = pd.DataFrame(records, columns=["item_id", "title", "year", "categories", "description"])
+    return _finish(f"movielens-latest:{folder}", interactions, items)
+
+
+def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+    """Read CSV (or .csv.gz) or Parquet by suffix and check required columns."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read as a table ({exc})") from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}"
+        )
+    return frame
+
+
+def _check_integer(frame: pd.DataFrame, column: str, path: Path) -> None:
+    """Convert a column to int64 in place, naming the first bad line (header = line 1)."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        where = f"line {row + 2}" if path.suffix != ".parquet" else f"row {row}"
+        raise DataError(
+            f"{path}: {where}, column {column!r}: {frame[column].iloc[row]!r} is not an integer"
+        )
+    frame[column] = values.astype("int64")
+
+
+def load_tables(interactions_path: Path, items_path: Path) -> Dataset:
+    """Generic pair of tables (CSV or Parquet).
+
+    interactions: user_id, item_id, timestamp (integer, e.g. Unix seconds).
+    items: item_id, title; optional year, categories|category|genres ('|'-separated),
+    description.
+    """
+    interactions = _read_table(interactions_path, list(INTERACTION_COLUMNS))
+    interactions = interactions[list(INTERACTION_COLUMNS)].copy()
+    for column in ("user_id", "item_id"):
+        empty = interactions[column].astype(str).str.strip() == ""
+        if empty.any():
+            row = int(empty.to_numpy().nonzero()[0][0])
+            raise DataError(f"{interactions_path}: line {row + 2}, column {column!r} is empty")
+    _check_integer(interactions, "timestamp", interactions_path)
+    frame = _read_table(items_path, ["item_id", "title"])
+    category_column = next((c for c in CATEGORY_COLUMNS if c in frame.columns), None)
+    records = []
+    for row, record in enumerate(frame.to_dict("records")):
+        title = str(record["title"]).strip()
+        if not title:
+            raise DataError(f"{items_path}: line {row + 2}, column 'title' is empty")
+        year = record.get("year")
+        title_only, title_year = split_title_year(title)
+        try:
+            year_value = int(year) if year not in (None, "") else title_year
+        except (TypeError, ValueError) as exc:
+            raise DataError(
+                f"{items_path}: line {row + 2}, column 'year': {year!r} is not an integer"
+            ) from exc
+        cats_raw = record.get(category_column, "") if category_column else ""
+        cats = [c.strip() for c in str(cats_raw or "").split("|") if c.strip()]
+        records.append(
+            (
+                str(record["item_id"]),
+                title_only if year in (None, "") else title,
+                year_value,
+                cats,
+                str(record.get("description", "") or ""),
+            )
+        )
+    items = pd.DataFrame(records, columns=["item_id", "title", "year", "categories", "description"])
+    return _finish(f"csv:{interactions_path},{items_path}", interactions, items)
+
+
+def load_spec(spec: str) -> Dataset:
+    """Load a dataset from a SPEC: demo | movielens-1m:DIR | movielens-latest:DIR | csv:I,ITEMS."""
+    kind, _, arg = spec.partition(":")
+    if kind == "demo":
+        from training.demo_data import generate_demo
+
+        return generate_demo()
+    if not arg:
+        raise DataError(f"data spec {spec!r}: expected KIND:PATH (see --help)")
+    if kind == "movielens-1m":
+        return load_movielens_1m(Path(arg))
+    if kind == "movielens-latest":
+        return load_movielens_latest(Path(arg))
+    if kind in ("csv", "parquet", "tables"):
+        parts = arg.split(",")
+        if len(parts) != 2:
+            raise DataError(f"data spec {spec!r}: expected csv:INTERACTIONS,ITEMS")
+        return load_tables(Path(parts[0]), Path(parts[1]))
+    raise DataError(
+        f"data spec {spec!r}: unknown kind {kind!r}; use demo, movielens-1m:DIR, "
+        "movielens-latest:DIR or csv:INTERACTIONS,ITEMS"
+    )

@@ -1,0 +1,270 @@
+"""`irec train`: data → text → fine-tune → embed → cluster → evaluate, written as a run folder.
+
+A run folder (the input of export)::
+
+    run.json             config, model name, metrics, loss curve, stage timings
+    model/               the fine-tuned transformer + tokenizer (Hugging Face format)
+    items.jsonl          id, title, text, categories per item (row = embedding row)
+    item_embeddings.npy  float32 [items, dim], unit rows
+    user_embeddings.npy  float32 [users, dim], unit rows (full histories)
+    users.json           user IDs in row order, and each user's cluster
+    centroids.npy        float32 [K, dim], unit rows
+    clusters.json        per cluster: description, size, item rows
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.history import render_history
+from training.cluster import cluster_users, item_terms
+from training.data import Dataset, load_spec
+from training.encoder import (
+    DEFAULT_MODEL_NAME,
+    embed_texts,
+    load_encoder,
+    pick_device,
+    resolve_model_dir,
+)
+from training.evaluate import popularity_scores, rank_metrics
+from training.finetune import FinetuneConfig, finetune
+from training.text import render_items
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `irec train` takes."""
+
+    data: str
+    out: Path
+    model: str | None = None
+    clusters: int | None = None
+    seed: int = 0
+    eval_users: int = 1000
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    progress: bool = True
+
+
+class StageTimer:
+    """Wall time per named stage, printed as it goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage."""
+        print(f"[train] {name} …", flush=True)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        print(f"[train] {name} done in {self.seconds[name]:.1f} s", flush=True)
+
+
+def _histories(texts: list[str], sequences: list[list[int]], max_items: int) -> list[str]:
+    return [render_history([texts[r] for r in seq[-max_items:]]) for seq in sequences]
+
+
+def train(config: TrainConfig) -> Path:
+    """Run the whole training pipeline and write the run folder; return its path."""
+    timer = StageTimer()
+    ft = config.finetune
+    with timer.stage("load data"):
+        dataset: Dataset = load_spec(config.data)
+        items = dataset.items.reset_index(drop=True)
+        row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
+        users, sequences = [], []
+        for user, seq in dataset.sequences().items():
+            users.append(user)
+            sequences.append([row_of[i] for i in seq])
+        texts = render_items(items)
+        print(
+            f"[train] {dataset.name}: {len(users)} users, {len(items)} items, "
+            f"{sum(map(len, sequences))} interactions",
+            flush=True,
+        )
+
+    # Leave-one-out: the last item of each user is held out of fine-tuning and
+    # used as the evaluation target.
+    rng = random.Random(config.seed)
+    evaluable = [u for u, s in enumerate(sequences) if len(s) >= 3]
+    eval_rows = sorted(rng.sample(evaluable, min(config.eval_users, len(evaluable))))
+    eval_histories = [sequences[u][:-1] for u in eval_rows]
+    eval_targets = [sequences[u][-1] for u in eval_rows]
+    train_sequences = [s[:-1] if len(s) >= 3 else s for s in sequences]
+
+    model_dir = resolve_model_dir(config.model)
+    device = pick_device()
+    encoder, tokenizer = load_encoder(model_dir)
+    encoder.to(device)
+    metrics: dict[str, dict[str, float]] = {}
+
+    def evaluate(name: str, item_vectors: np.ndarray) -> None:
+        queries = embed_texts(
+            encoder,
+            tokenizer,
+            _histories(texts, eval_histories, ft.max_history_items),
+            ft.history_max_length,
+            desc=f"eval {name}",
+            progress=config.progress,
+        )
+        metrics[name] = rank_metrics(queries @ item_vectors.T, eval_histories, eval_targets)
+
+    with timer.stage("evaluate pretrained encoder"):
+        pretrained_items = embed_texts(
+            encoder, tokenizer, texts, ft.item_max_length, desc="items", progress=config.progress
+        )
+        evaluate("pretrained encoder", pretrained_items)
+        metrics["popularity"] = rank_metrics(
+            popularity_scores(train_sequences, len(items), len(eval_rows)),
+            eval_histories,
+            eval_targets,
+        )
+
+    with timer.stage("fine-tune"):
+        losses = finetune(
+            encoder, tokenizer, texts, train_sequences, ft, device, progress=config.progress
+        )
+
+    with timer.stage("embed items and users"):
+        item_embeddings = embed_texts(
+            encoder, tokenizer, texts, ft.item_max_length, desc="items", progress=config.progress
+        )
+        evaluate("fine-tuned encoder", item_embeddings)
+        user_embeddings = embed_texts(
+            encoder,
+            tokenizer,
+            _histories(texts, sequences, ft.max_history_items),
+            ft.history_max_length,
+            desc="users",
+            progress=config.progress,
+        )
+
+    with timer.stage("cluster users"):
+        terms = item_terms(list(items["categories"]), list(items["title"]))
+        clustering = cluster_users(
+            user_embeddings, item_embeddings, sequences, terms, config.clusters, config.seed
+        )
+        print(
+            f"[train] {len(clustering.centroids)} clusters, silhouette "
+            f"{clustering.silhouette:.3f}",
+            flush=True,
+        )
+
+    with timer.stage("write run"):
+        out = _write_run(
+            config,
+            model_dir,
+            encoder,
+            tokenizer,
+            items,
+            texts,
+            users,
+            item_embeddings,
+            user_embeddings,
+            clustering,
+            {
+                "metrics": metrics,
+                "loss": losses,
+                "timings_s": timer.seconds,
+                "dataset": dataset.name,
+                "num_users": len(users),
+                "num_items": len(items),
+            },
+        )
+    _print_metrics(metrics)
+    return out
+
+
+def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    print("\n| model (leave-one-out, sample) | HR@10 | NDCG@10 | MRR |")
+    print("|---|---|---|---|")
+    for name, m in metrics.items():
+        print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} |")
+    print(flush=True)
+
+
+def _write_run(
+    config: TrainConfig,
+    model_dir: Path,
+    encoder: Any,
+    tokenizer: Any,
+    items: Any,
+    texts: list[str],
+    users: list[str],
+    item_embeddings: np.ndarray,
+    user_embeddings: np.ndarray,
+    clustering: Any,
+    report: dict[str, Any],
+) -> Path:
+    """Write into a temporary sibling folder, then swap it in: a failed run leaves no half folder."""
+    out = config.out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    encoder.transformer.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    with (tmp / "items.jsonl").open("w", encoding="utf-8") as handle:
+        for record, text in zip(items.to_dict("records"), texts, strict=True):
+            handle.write(
+                json.dumps(
+                    {
+                        "id": record["item_id"],
+                        "title": record["title"],
+                        "text": text,
+                        "categories": list(record["categories"]),
+                    }
+                )
+                + "\n"
+            )
+    np.save(tmp / "item_embeddings.npy", item_embeddings.astype(np.float32))
+    np.save(tmp / "user_embeddings.npy", user_embeddings.astype(np.float32))
+    np.save(tmp / "centroids.npy", clustering.centroids.astype(np.float32))
+    (tmp / "users.json").write_text(
+        json.dumps({"user_ids": users, "cluster": clustering.labels.tolist()})
+    )
+    (tmp / "clusters.json").write_text(
+        json.dumps(
+            {
+                "silhouette": clustering.silhouette,
+                "k_scores": clustering.k_scores,
+                "clusters": [
+                    {"id": c, "description": d, "size": s, "item_rows": rows}
+                    for c, (d, s, rows) in enumerate(
+                        zip(clustering.descriptions, clustering.sizes, clustering.item_rows, strict=True)
+                    )
+                ],
+            },
+            indent=1,
+        )
+    )
+    model_name = DEFAULT_MODEL_NAME if config.model is None else model_dir.name
+    run = {
+        "model_name": model_name,
+        "base_model_dir": str(model_dir),
+        "data": config.data,
+        "seed": config.seed,
+        "clusters": config.clusters,
+        "finetune": asdict(config.finetune),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **report,
+    }
+    (tmp / "run.json").write_text(json.dumps(run, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"[train] wrote {out}", flush=True)
+    return out
