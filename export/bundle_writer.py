@@ -218,8 +218,11 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         },
     )
     (stage / fmt.MANIFEST_FILE).write_text(manifest.to_json())
-    print(f"[export] bundle {version}: {len(records)} items, {len(clusters)} clusters, "
-          f"HNSW recall@10 {recall:.3f}", flush=True)
+    print(
+        f"[export] bundle {version}: {len(records)} items, {len(clusters)} clusters, "
+        f"HNSW recall@10 {recall:.3f}",
+        flush=True,
+    )
     return manifest
 
 

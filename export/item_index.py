@@ -34,7 +34,9 @@ def save_index(index: hnswlib.Index, path: Path) -> None:
     index.save_index(str(path))
 
 
-def recall_at_k(index: hnswlib.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def recall_at_k(
+    index: hnswlib.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10
+) -> float:
     """Mean fraction of the exact top-k (by dot product) that the index returns."""
     k = min(k, len(vectors))
     labels, _ = index.knn_query(queries, k=k)

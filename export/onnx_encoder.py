@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -23,8 +24,8 @@ OPSET = 17
 OUTPUT_NAME = "embedding"
 
 
-def export_fp32(encoder: MeanPoolEncoder, input_names: list[str], path: Path) -> None:
-    """torch → ONNX with dynamic batch and sequence axes and one output, the embedding."""
+def export_fp32(encoder: MeanPoolEncoder, input_names: Sequence[str], path: Path) -> None:
+    """Torch → ONNX with dynamic batch and sequence axes and one output, the embedding."""
     encoder = encoder.cpu().eval()
     dummy = {name: torch.ones(2, 8, dtype=torch.long) for name in input_names}
     if "token_type_ids" in dummy:
@@ -36,7 +37,7 @@ def export_fp32(encoder: MeanPoolEncoder, input_names: list[str], path: Path) ->
             encoder,
             (dummy,),
             str(path),
-            input_names=input_names,
+            input_names=list(input_names),
             output_names=[OUTPUT_NAME],
             dynamic_axes=axes,
             opset_version=OPSET,

@@ -63,9 +63,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    pb_grpc.add_RecommenderServiceServicer_to_server(
-        RecommenderServicer(engine, executor), server
-    )
+    pb_grpc.add_RecommenderServiceServicer_to_server(RecommenderServicer(engine, executor), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

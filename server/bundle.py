@@ -148,7 +148,9 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     encoder = TextEncoder(tokenizer, session)
     probe = encoder.encode([items[0].text if items else "probe"])
     if probe.shape != (1, manifest.dimension) or not np.all(np.isfinite(probe)):
-        raise BundleError(f"{path}: encoder gives {probe.shape}, expected (1, {manifest.dimension})")
+        raise BundleError(
+            f"{path}: encoder gives {probe.shape}, expected (1, {manifest.dimension})"
+        )
     if abs(float(np.linalg.norm(probe)) - 1.0) > _NORM_TOLERANCE:
         raise BundleError(f"{path}: encoder output is not L2-normalised")
     log.info(

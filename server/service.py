@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import grpc
 
-from server.engine import RecommendQuery, Recommendation, RecommenderEngine, RetrievalMode
+from server.engine import Recommendation, RecommenderEngine, RecommendQuery, RetrievalMode
 from server.errors import grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -57,7 +57,9 @@ def to_response(
             pb.ClusterScore(cluster_id=c.cluster_id, score=c.score, description=c.description)
             for c in result.clusters
         ],
-        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in result.items],
+        items=[
+            pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in result.items
+        ],
         bundle_version=result.bundle_version,
         timing=pb.Timing(
             queue_ms=queue_ms,
@@ -105,9 +107,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             embeddings=[pb.Embedding(values=v.tolist()) for v in vectors],
             dimension=int(vectors.shape[1]),
             bundle_version=self.engine.bundle.version,
-            timing=pb.Timing(
-                queue_ms=queue_ms, total_ms=(time.perf_counter() - arrived) * 1e3
-            ),
+            timing=pb.Timing(queue_ms=queue_ms, total_ms=(time.perf_counter() - arrived) * 1e3),
         )
 
     async def Recommend(  # noqa: N802 (gRPC method name)
@@ -122,7 +122,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         """Unary Embed."""
         return await _unary(self._embed(request), context)
 
-    def RecommendStream(  # noqa: N802
+    async def RecommendStream(  # noqa: N802
         self,
         request_iterator: AsyncIterator[pb.RecommendRequest],
         context: grpc.aio.ServicerContext,
@@ -136,9 +136,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 error=pb.Error(code=code.value[0], message=message),
             )
 
-        return _stream(request_iterator, self._recommend, failed)
+        async for response in _stream(request_iterator, self._recommend, failed):
+            yield response
 
-    def EmbedStream(  # noqa: N802
+    async def EmbedStream(  # noqa: N802
         self,
         request_iterator: AsyncIterator[pb.EmbedRequest],
         context: grpc.aio.ServicerContext,
@@ -152,7 +153,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 error=pb.Error(code=code.value[0], message=message),
             )
 
-        return _stream(request_iterator, self._embed, failed)
+        async for response in _stream(request_iterator, self._embed, failed):
+            yield response
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

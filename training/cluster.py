@@ -17,6 +17,9 @@ SILHOUETTE_SAMPLE = 3000
 # Items consumed most by a cluster's members join its index (besides the items
 # nearest its centroid), so cluster search covers what the cluster really takes.
 POPULAR_ITEMS_PER_CLUSTER = 100
+# A secondary term joins a cluster's description only above this share of the
+# cluster's interactions (else a one-interest cluster gets noise for terms 2-3).
+MIN_TERM_SHARE = 0.15
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = {"the", "and", "of", "for", "with", "from", "into", "a", "an", "in", "on"}
 
@@ -42,7 +45,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-def choose_k(embeddings: np.ndarray, seed: int, candidates: Sequence[int] = AUTO_K_RANGE) -> dict[int, float]:
+def choose_k(
+    embeddings: np.ndarray, seed: int, candidates: Sequence[int] = AUTO_K_RANGE
+) -> dict[int, float]:
     """Silhouette (cosine) of K-Means for each candidate K on a sample of users."""
     rng = np.random.default_rng(seed)
     sample = embeddings
@@ -65,16 +70,17 @@ def describe(
     top: int = 3,
 ) -> list[str]:
     """Each cluster's most characteristic terms: share within the cluster × lift over all users."""
-    overall: Counter[str] = Counter()
-    per_cluster = [Counter() for _ in range(num_clusters)]  # type: list[Counter[str]]
+    overall: dict[str, float] = {}
+    per_cluster: list[dict[str, float]] = [{} for _ in range(num_clusters)]
     for label, items in zip(labels, user_items, strict=True):
         if not items:
             continue
         weight = 1.0 / len(items)
         for row in items:
             for term in item_terms[row]:
-                per_cluster[int(label)][term] += weight
-                overall[term] += weight
+                counts = per_cluster[int(label)]
+                counts[term] = counts.get(term, 0.0) + weight
+                overall[term] = overall.get(term, 0.0) + weight
     total = sum(overall.values()) or 1.0
     descriptions = []
     for counts in per_cluster:
@@ -83,7 +89,11 @@ def describe(
             counts,
             key=lambda t: -(counts[t] / mass) * (counts[t] / mass) / (overall[t] / total),
         )
-        descriptions.append(", ".join(scored[:top]) if scored else "(empty)")
+        # The top term always; others only if they carry a real share of the cluster.
+        kept = [
+            t for i, t in enumerate(scored[:top]) if i == 0 or counts[t] / mass >= MIN_TERM_SHARE
+        ]
+        descriptions.append(", ".join(kept) if kept else "(empty)")
     return descriptions
 
 
@@ -91,9 +101,7 @@ def item_terms(categories: Sequence[Sequence[str]], titles: Sequence[str]) -> li
     """Categories where the catalogue has them, else content words of the title."""
     if any(categories):
         return [list(c) for c in categories]
-    return [
-        [w.lower() for w in _WORD.findall(t) if w.lower() not in _STOPWORDS] for t in titles
-    ]
+    return [[w.lower() for w in _WORD.findall(t) if w.lower() not in _STOPWORDS] for t in titles]
 
 
 def cluster_users(
@@ -104,7 +112,7 @@ def cluster_users(
     k: int | None,
     seed: int,
 ) -> Clustering:
-    """K-Means on unit user embeddings (K given, or by silhouette), with descriptions and item sets."""
+    """K-Means on unit user embeddings (K given or by silhouette), descriptions, item sets."""
     k_scores: dict[int, float] = {}
     if k is None:
         k_scores = choose_k(user_embeddings, seed)
@@ -117,7 +125,15 @@ def cluster_users(
     labels = model.labels_.astype(np.int64)
     centroids = _normalise(model.cluster_centers_.astype(np.float32))
     silhouette = (
-        float(silhouette_score(user_embeddings, labels, metric="cosine", sample_size=min(len(labels), SILHOUETTE_SAMPLE), random_state=seed))
+        float(
+            silhouette_score(
+                user_embeddings,
+                labels,
+                metric="cosine",
+                sample_size=min(len(labels), SILHOUETTE_SAMPLE),
+                random_state=seed,
+            )
+        )
         if 1 < k < len(user_embeddings)
         else 0.0
     )

@@ -79,9 +79,9 @@ def _finish(name: str, interactions: pd.DataFrame, items: pd.DataFrame) -> Datas
     items = items.astype({"item_id": str}).drop_duplicates("item_id").reset_index(drop=True)
     known = interactions["item_id"].isin(set(items["item_id"]))
     interactions = interactions[known]
-    interactions = interactions.sort_values(
-        ["user_id", "timestamp"], kind="stable"
-    ).reset_index(drop=True)
+    interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
+        drop=True
+    )
     if interactions.empty:
         raise DataError(f"{name}: no interactions with items of the catalogue")
     return Dataset(name=name, interactions=interactions, items=items)
@@ -108,9 +108,9 @@ def load_movielens_1m(folder: Path) -> Dataset:
 def load_movielens_latest(folder: Path) -> Dataset:
     """MovieLens latest(-small): ratings.csv and movies.csv (UTF-8, header)."""
     ratings = _read_table(folder / "ratings.csv", ["userId", "movieId", "timestamp"])
-    interactions = ratings.rename(
-        columns={"userId": "user_id", "movieId": "item_id"}
-    )[list(INTERACTION_COLUMNS)]
+    interactions = ratings.rename(columns={"userId": "user_id", "movieId": "item_id"})[
+        list(INTERACTION_COLUMNS)
+    ]
     _check_integer(interactions, "timestamp", folder / "ratings.csv")
     movies = _read_table(folder / "movies.csv", ["movieId", "title", "genres"])
     records = []
@@ -136,7 +136,8 @@ def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}"
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(map(str, frame.columns))}"
         )
     return frame
 
@@ -200,12 +201,14 @@ def load_tables(interactions_path: Path, items_path: Path) -> Dataset:
 
 
 def load_spec(spec: str) -> Dataset:
-    """Load a dataset from a SPEC: demo | movielens-1m:DIR | movielens-latest:DIR | csv:I,ITEMS."""
+    """Load a dataset: demo[:USERS] | movielens-1m:DIR | movielens-latest:DIR | csv:I,ITEMS."""
     kind, _, arg = spec.partition(":")
     if kind == "demo":
-        from training.demo_data import generate_demo
+        from training.demo_data import NUM_USERS, generate_demo
 
-        return generate_demo()
+        if arg and not arg.isdigit():
+            raise DataError(f"data spec {spec!r}: expected demo or demo:NUM_USERS")
+        return generate_demo(num_users=int(arg) if arg else NUM_USERS)
     if not arg:
         raise DataError(f"data spec {spec!r}: expected KIND:PATH (see --help)")
     if kind == "movielens-1m":

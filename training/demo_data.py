@@ -55,7 +55,16 @@ CATEGORIES: dict[str, tuple[list[str], list[str], str]] = {
         "training plans, running and strength",
     ),
     "History": (
-        ["Ancient", "Medieval", "Imperial", "Forgotten", "Roman", "Victorian", "Byzantine", "Viking"],
+        [
+            "Ancient",
+            "Medieval",
+            "Imperial",
+            "Forgotten",
+            "Roman",
+            "Victorian",
+            "Byzantine",
+            "Viking",
+        ],
         ["Empire", "Dynasty", "Chronicles", "Crusade", "Kingdom", "Revolution", "Archives"],
         "empires, wars and the people of the past",
     ),
@@ -83,7 +92,7 @@ CATEGORIES: dict[str, tuple[list[str], list[str], str]] = {
 
 
 def _catalogue(rng: np.random.Generator) -> pd.DataFrame:
-    records = []
+    records: list[dict[str, object]] = []
     for category, (adjectives, nouns, about) in CATEGORIES.items():
         pairs = [(a, n) for a in adjectives for n in nouns]
         chosen = rng.choice(len(pairs), size=ITEMS_PER_CATEGORY, replace=False)
@@ -108,9 +117,7 @@ def generate_demo(num_users: int = NUM_USERS, seed: int = SEED) -> Dataset:
     rng = np.random.default_rng(seed)
     catalogue = _catalogue(rng)
     categories = list(CATEGORIES)
-    by_category = {
-        c: catalogue.index[catalogue["_category"] == c].to_numpy() for c in categories
-    }
+    by_category = {c: catalogue.index[catalogue["_category"] == c].to_numpy() for c in categories}
     # Zipf-like popularity within a category.
     popularity = 1.0 / np.arange(1, ITEMS_PER_CATEGORY + 1) ** 0.8
     rows = []

@@ -132,7 +132,7 @@ def embed_texts(
         inputs = {k: v.to(device) for k, v in tokenize(tokenizer, batch, max_length).items()}
         out.append(encoder(**inputs).float().cpu().numpy())
     if not out:
-        return np.zeros((0, encoder.transformer.config.hidden_size), dtype=np.float32)
+        return np.zeros((0, 0), dtype=np.float32)
     stacked = np.concatenate(out)
     result = np.empty_like(stacked)
     result[order] = stacked

@@ -25,7 +25,9 @@ def rank_metrics(
     }
 
 
-def popularity_scores(sequences: Sequence[Sequence[int]], num_items: int, num_users: int) -> np.ndarray:
+def popularity_scores(
+    sequences: Sequence[Sequence[int]], num_items: int, num_users: int
+) -> np.ndarray:
     """Every user gets the same scores: interaction counts over the training sequences."""
     counts = np.bincount([r for s in sequences for r in s], minlength=num_items).astype(np.float64)
     return np.broadcast_to(counts, (num_users, num_items))

@@ -101,7 +101,9 @@ def finetune(
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.learning_rate, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))),
+        lambda step: min(
+            (step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))
+        ),
     )
     losses: list[float] = []
     pairs: list[TrainingPair] = []
@@ -118,9 +120,7 @@ def finetune(
         i_inputs = tokenize(tokenizer, [item_texts[t] for t in targets], config.item_max_length)
         users = encoder(**{k: v.to(device) for k, v in h_inputs.items()})
         items = encoder(**{k: v.to(device) for k, v in i_inputs.items()})
-        loss = in_batch_loss(
-            users, items, torch.tensor(targets, device=device), config.temperature
-        )
+        loss = in_batch_loss(users, items, torch.tensor(targets, device=device), config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)

