@@ -22,7 +22,7 @@ from export.onnx_encoder import convert_fp16, export_fp32, quantize_int8
 from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
 from server import manifest as fmt
 from server.bundle import load_bundle
-from server.encoder import TextEncoder, create_session, load_tokenizer
+from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
 from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.history import render_history
 from training.encoder import embed_texts, load_encoder
@@ -126,10 +126,10 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
     server_tokenizer = load_tokenizer(stage / fmt.TOKENIZER_FILE, max_length)
     parity: dict[str, fmt.ParityReport] = {}
     for name, file in encoders.items():
-        session = create_session({"int8": stage / file}, device="cpu")
+        session = open_session(stage / file, [CPU])
         report = measure_parity(
             reference,
-            TextEncoder(server_tokenizer, session),
+            TextEncoder(server_tokenizer, session, name),
             parity_texts,
             options.parity_min,
             options.parity_mean,

@@ -142,10 +142,10 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     encoders = {name: path / file for name, file in manifest.encoders.items()}
     tokenizer = load_tokenizer(path / fmt.TOKENIZER_FILE, manifest.max_sequence_length)
     try:
-        session = create_session(encoders, device=device, intra_op_threads=intra_op_threads)
+        session, variant = create_session(encoders, device, intra_op_threads)
     except Exception as exc:  # onnxruntime raises several types for a bad model
         raise BundleError(f"{path}: cannot load the ONNX encoder ({exc})") from exc
-    encoder = TextEncoder(tokenizer, session)
+    encoder = TextEncoder(tokenizer, session, variant)
     probe = encoder.encode([items[0].text if items else "probe"])
     if probe.shape != (1, manifest.dimension) or not np.all(np.isfinite(probe)):
         raise BundleError(
@@ -154,10 +154,11 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     if abs(float(np.linalg.norm(probe)) - 1.0) > _NORM_TOLERANCE:
         raise BundleError(f"{path}: encoder output is not L2-normalised")
     log.info(
-        "loaded bundle %s (%d items, %d clusters, providers %s)",
+        "loaded bundle %s (%d items, %d clusters, %s encoder on %s)",
         manifest.bundle_version,
         manifest.num_items,
         manifest.num_clusters,
+        encoder.variant,
         encoder.providers,
     )
     return Bundle(

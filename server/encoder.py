@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ CPU = "CPUExecutionProvider"
 _DEFAULT_LOG_SEVERITY = 2  # onnxruntime's default: warnings and above
 
 
-@dataclass(frozen=True)
-class EncoderChoice:
-    """Which exported encoder to run, and where."""
-
-    path: Path
-    providers: tuple[str, ...]
-
-
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     """Load tokenizer.json with truncation to the encoder's budget and batch padding."""
     tokenizer = Tokenizer.from_file(str(path))
@@ -35,44 +26,54 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def open_session(
+    path: Path, providers: list[str], intra_op_threads: int = 0
+) -> ort.InferenceSession:
+    """One ONNX Runtime session with full graph optimisation."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 def create_session(
     encoders: dict[str, Path], device: str = "auto", intra_op_threads: int = 0
-) -> ort.InferenceSession:
-    """Create the encoder session: fp16 on CUDA when CUDA really runs, else int8 on CPU.
+) -> tuple[ort.InferenceSession, str]:
+    """Create the encoder session and name its variant (fp16 on CUDA, else int8 on CPU).
 
     ``device`` is ``auto``, ``cuda`` or ``cpu``. `get_available_providers()` lists CUDA
     whenever onnxruntime-gpu is installed, even with no GPU, so the decision is made
     on ``session.get_providers()`` after creating the session.
     """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads
     want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
         raise RuntimeError("device=cuda asked for, but this onnxruntime has no CUDA provider")
     if want_cuda:
-        path = encoders.get("fp16", encoders["int8"])
+        variant = "fp16" if "fp16" in encoders else "int8"
         # A failed CUDA load logs an error before falling back; we report the
         # outcome ourselves below, so silence it for this one call.
         ort.set_default_logger_severity(3)
         try:
-            session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+            session = open_session(encoders[variant], [CUDA, CPU], intra_op_threads)
         finally:
             ort.set_default_logger_severity(_DEFAULT_LOG_SEVERITY)
         if CUDA in session.get_providers():
-            return session
+            return session, variant
         if device == "cuda":
             raise RuntimeError("device=cuda asked for, but the CUDA provider failed to start")
         log.warning("CUDA provider listed but not usable here; falling back to CPU int8")
-    return ort.InferenceSession(str(encoders["int8"]), options, providers=[CPU])
+    return open_session(encoders["int8"], [CPU], intra_op_threads), "int8"
 
 
 class TextEncoder:
     """Encodes texts into L2-normalised embeddings (pooling and norm are inside the graph)."""
 
-    def __init__(self, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, session: ort.InferenceSession, variant: str = "int8"
+    ) -> None:
         self.tokenizer = tokenizer
         self.session = session
+        self.variant = variant  # which exported encoder runs: "int8" or "fp16"
         self._input_names = {i.name for i in session.get_inputs()}
         self._output_name = session.get_outputs()[0].name
 

@@ -177,6 +177,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 for c in bundle.clusters
             ],
             quantization=manifest.quantization,
+            encoder_variant=bundle.encoder.variant,
             providers=bundle.encoder.providers,
             max_k=self.engine.max_k,
             max_sequence_length=manifest.max_sequence_length,

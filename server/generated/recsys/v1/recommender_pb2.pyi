@@ -139,7 +139,7 @@ class ClusterInfo(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., description: _Optional[str] = ..., size: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("bundle_version", "model_name", "dimension", "num_items", "clusters", "quantization", "providers", "max_k", "max_sequence_length", "created_at")
+    __slots__ = ("bundle_version", "model_name", "dimension", "num_items", "clusters", "quantization", "providers", "max_k", "max_sequence_length", "created_at", "encoder_variant")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class ModelInfo(_message.Message):
     MAX_K_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VARIANT_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     model_name: str
     dimension: int
@@ -160,4 +161,5 @@ class ModelInfo(_message.Message):
     max_k: int
     max_sequence_length: int
     created_at: str
-    def __init__(self, bundle_version: _Optional[str] = ..., model_name: _Optional[str] = ..., dimension: _Optional[int] = ..., num_items: _Optional[int] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., quantization: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., max_k: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., created_at: _Optional[str] = ...) -> None: ...
+    encoder_variant: str
+    def __init__(self, bundle_version: _Optional[str] = ..., model_name: _Optional[str] = ..., dimension: _Optional[int] = ..., num_items: _Optional[int] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., quantization: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., max_k: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., created_at: _Optional[str] = ..., encoder_variant: _Optional[str] = ...) -> None: ...
