@@ -26,6 +26,21 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages where they are the only copy.
+
+    onnxruntime-gpu does not find them on its own; ``preload_dlls`` (onnxruntime ≥ 1.21)
+    does, and is harmless where the libraries are on the system path (CUDA images).
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a failed preload only means CUDA may not start
+        log.warning("could not preload CUDA libraries: %s", exc)
+
+
 def open_session(
     path: Path, providers: list[str], intra_op_threads: int = 0
 ) -> ort.InferenceSession:
@@ -49,6 +64,7 @@ def create_session(
     if device == "cuda" and not want_cuda:
         raise RuntimeError("device=cuda asked for, but this onnxruntime has no CUDA provider")
     if want_cuda:
+        _preload_cuda_libraries()
         variant = "fp16" if "fp16" in encoders else "int8"
         # A failed CUDA load logs an error before falling back; we report the
         # outcome ourselves below, so silence it for this one call.
