@@ -12,13 +12,14 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from export.item_index import build_index, recall_at_k, save_index
 from export.onnx_encoder import convert_fp16, export_fp32, quantize_int8
+from export.onnx_head import HEAD_FILE, HEAD_PARITY_MIN_COSINE, export_head, head_parity, load_head
 from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
 from server import manifest as fmt
 from server.bundle import load_bundle
@@ -142,6 +143,7 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         check_parity(name, report)
         parity[name] = report
     fp32.unlink()
+    sequence_head = _export_head(run, stage, len(texts)) if (run / HEAD_FILE).exists() else None
 
     item_embeddings = np.load(run / "item_embeddings.npy").astype(np.float32)
     centroids = np.load(run / "centroids.npy").astype(np.float32)
@@ -169,19 +171,23 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
 
     print("[export] HNSW indexes: all items and one per cluster", flush=True)
     all_rows = list(range(len(records)))
-    index = build_index(item_embeddings, all_rows, options.hnsw)
+    hnsw = options.hnsw
+    norms = np.linalg.norm(item_embeddings, axis=1)
+    if np.abs(norms - 1.0).max() > 1e-3:  # not unit vectors: inner product is not cosine
+        hnsw = replace(hnsw, mips_max_norm=float(norms.max()) * 1.0001)
+    index = build_index(item_embeddings, all_rows, hnsw)
     save_index(index, stage / fmt.ALL_ITEMS_INDEX_FILE)
     queries = item_embeddings[rng.choice(len(records), size=min(200, len(records)), replace=False)]
     users_path = run / "user_embeddings.npy"
     if users_path.exists():
         users = np.load(users_path).astype(np.float32)
         queries = users[rng.choice(len(users), size=min(500, len(users)), replace=False)]
-    recall = recall_at_k(index, item_embeddings, queries)
+    recall = recall_at_k(index, item_embeddings, queries, hnsw)
     if recall < options.min_recall:
         raise ExportError(f"HNSW recall@10 {recall:.3f} is below {options.min_recall}")
     for c in clusters:
         save_index(
-            build_index(item_embeddings, c["item_rows"], options.hnsw),
+            build_index(item_embeddings, c["item_rows"], hnsw),
             stage / fmt.cluster_index_file(int(c["id"])),
         )
 
@@ -206,9 +212,10 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         + (" + fp16" if options.fp16 else ""),
         encoders=encoders,
         parity=parity,
-        hnsw=options.hnsw,
+        hnsw=hnsw,
         default_retrieval_mode=options.default_mode.value,
         files=files,
+        sequence_head=sequence_head,
         training={
             "data": info.get("data"),
             "seed": info.get("seed"),
@@ -224,6 +231,31 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         flush=True,
     )
     return manifest
+
+
+def _export_head(run: Path, stage: Path, num_items: int) -> fmt.SequenceHeadSpec:
+    """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
+    print("[export] sequence head → ONNX", flush=True)
+    head = load_head(run)
+    export_head(head, stage / "user_head.onnx")
+    rng = np.random.default_rng(1)
+    histories = [
+        rng.choice(num_items, size=int(n), replace=False).tolist()
+        for n in rng.integers(1, head.config.max_length + 20, size=32)
+    ]
+    parity = head_parity(head, stage / "user_head.onnx", histories)
+    print(f"[export] head parity: min cosine {parity:.6f}", flush=True)
+    if parity < HEAD_PARITY_MIN_COSINE:
+        raise ExportError(f"sequence head ONNX parity {parity:.5f} < {HEAD_PARITY_MIN_COSINE}")
+    text = head.item_text[1:].numpy().astype(np.float32)
+    np.save(stage / "item_text_embeddings.npy", text)
+    return fmt.SequenceHeadSpec(
+        file="user_head.onnx",
+        text_embeddings="item_text_embeddings.npy",
+        max_length=head.config.max_length,
+        text_dimension=int(text.shape[1]),
+        parity_cosine_min=round(parity, 6),
+    )
 
 
 def _self_check(bundle: Path) -> None:

@@ -15,7 +15,8 @@ def build_index(
     vectors: np.ndarray, labels: Sequence[int], params: HnswParams, seed: int = 0
 ) -> hnswlib.Index:
     """Index rows of `vectors` under the given labels (global item rows)."""
-    index = hnswlib.Index(space=params.space, dim=vectors.shape[1])
+    stored = params.index_vectors(vectors)
+    index = hnswlib.Index(space=params.space, dim=stored.shape[1])
     index.init_index(
         max_elements=max(1, len(labels)),
         ef_construction=params.ef_construction,
@@ -23,7 +24,7 @@ def build_index(
         random_seed=seed,
     )
     if len(labels):
-        index.add_items(vectors[list(labels)], np.asarray(labels, dtype=np.int64))
+        index.add_items(stored[list(labels)], np.asarray(labels, dtype=np.int64))
     index.set_ef(params.ef_search)
     return index
 
@@ -35,11 +36,15 @@ def save_index(index: hnswlib.Index, path: Path) -> None:
 
 
 def recall_at_k(
-    index: hnswlib.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10
+    index: hnswlib.Index,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    params: HnswParams,
+    k: int = 10,
 ) -> float:
     """Mean fraction of the exact top-k (by dot product) that the index returns."""
     k = min(k, len(vectors))
-    labels, _ = index.knn_query(queries, k=k)
+    labels, _ = index.knn_query(np.stack([params.query_vector(q) for q in queries]), k=k)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
     hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(labels, exact, strict=True)]
     return float(np.mean(hits)) / k

@@ -11,8 +11,9 @@ import hnswlib
 import numpy as np
 
 from server import manifest as fmt
-from server.encoder import TextEncoder, create_session, load_tokenizer
+from server.encoder import CPU, TextEncoder, create_session, load_tokenizer, open_session
 from server.errors import BundleError
+from server.user_head import UserHead
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Bundle:
     centroids: np.ndarray
     clusters: list[Cluster]
     all_items_index: hnswlib.Index
+    head: UserHead | None = None
 
     @property
     def version(self) -> str:
@@ -73,7 +75,7 @@ def _load_items(path: Path) -> list[Item]:
 
 
 def _load_index(path: Path, dim: int, count: int, params: fmt.HnswParams) -> hnswlib.Index:
-    index = hnswlib.Index(space=params.space, dim=dim)
+    index = hnswlib.Index(space=params.space, dim=params.index_dimension(dim))
     try:
         index.load_index(str(path), max_elements=count)
     except RuntimeError as exc:
@@ -146,11 +148,14 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     except Exception as exc:  # onnxruntime raises several types for a bad model
         raise BundleError(f"{path}: cannot load the ONNX encoder ({exc})") from exc
     encoder = TextEncoder(tokenizer, session, variant)
+    head = _load_head(path, manifest, intra_op_threads)
     probe = encoder.encode([items[0].text if items else "probe"])
-    if probe.shape != (1, manifest.dimension) or not np.all(np.isfinite(probe)):
-        raise BundleError(
-            f"{path}: encoder gives {probe.shape}, expected (1, {manifest.dimension})"
-        )
+    # With a sequence head the text encoder feeds the head, in its own dimension.
+    text_dim = (
+        manifest.sequence_head.text_dimension if manifest.sequence_head else manifest.dimension
+    )
+    if probe.shape != (1, text_dim) or not np.all(np.isfinite(probe)):
+        raise BundleError(f"{path}: encoder gives {probe.shape}, expected (1, {text_dim})")
     if abs(float(np.linalg.norm(probe)) - 1.0) > _NORM_TOLERANCE:
         raise BundleError(f"{path}: encoder output is not L2-normalised")
     log.info(
@@ -171,4 +176,30 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
         centroids=centroids,
         clusters=clusters,
         all_items_index=all_index,
+        head=head,
     )
+
+
+def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> UserHead | None:
+    """The sequence head, if the bundle has one; checked on one history."""
+    spec = manifest.sequence_head
+    if spec is None:
+        return None
+    text = np.load(path / spec.text_embeddings).astype(np.float32, copy=False)
+    if text.shape != (manifest.num_items, spec.text_dimension):
+        raise BundleError(
+            f"{path / spec.text_embeddings}: shape {text.shape}, expected "
+            f"({manifest.num_items}, {spec.text_dimension})"
+        )
+    try:
+        # The head is tiny: CPU beats a device round trip.
+        session = open_session(path / spec.file, [CPU], intra_op_threads)
+    except Exception as exc:
+        raise BundleError(f"{path / spec.file}: cannot load the sequence head ({exc})") from exc
+    head = UserHead(session, text, spec.max_length)
+    probe = head.user_vector([0])
+    if probe.shape != (manifest.dimension,) or not np.all(np.isfinite(probe)):
+        raise BundleError(
+            f"{path / spec.file}: head gives {probe.shape}, expected ({manifest.dimension},)"
+        )
+    return head

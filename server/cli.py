@@ -109,6 +109,24 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--seed", type=int, default=0, help="random seed")
     a.add("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("eval", help="the leave-one-out quality protocol with baselines → report")
+    a = EnvArgs(p, "EVAL")
+    a.add(
+        "--data",
+        default="movielens-1m-sasrec:../shared/data/ml-1m-sasrec",
+        help="data SPEC (see train); movielens-1m-sasrec:DIR[,MOVIES] is the papers' file",
+    )
+    a.add("--out", type=Path, default=Path("reports/latest"), help="report folder")
+    a.add("--model", help="Hugging Face encoder folder for item texts (default: MiniLM)")
+    a.add("--quick", action="store_true", help="tiny model, 300 users, short training (minutes)")
+    a.add("--users", type=int, help="evaluate a seeded sample of this many users")
+    a.add("--clusters", type=_clusters, default=None, help="K, or 'auto'")
+    a.add("--head-minutes", type=float, default=45.0, help="time budget of the sequence head")
+    a.add("--head-epochs", type=int, default=200, help="most epochs of the sequence head")
+    a.add("--cold-minutes", type=float, default=12.0, help="time budget of the cold-start head")
+    a.add("--seed", type=int, default=0, help="random seed")
+    a.add("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser(
         "export", help="run folder → verified bundle (ONNX int8/fp16, HNSW, manifest)"
     )
@@ -198,6 +216,28 @@ def _train(args: argparse.Namespace) -> int:
                 max_steps=args.max_steps,
                 seed=args.seed,
             ),
+            progress=not args.quiet,
+        )
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from training.quality import EvalConfig, run_eval
+    from training.sequence_head import HeadConfig
+
+    run_eval(
+        EvalConfig(
+            data=args.data,
+            out=args.out,
+            model=args.model,
+            quick=args.quick,
+            seed=args.seed,
+            head_minutes=args.head_minutes,
+            cold_minutes=args.cold_minutes,
+            clusters=args.clusters,
+            users=args.users,
+            head=HeadConfig(epochs=args.head_epochs),
             progress=not args.quiet,
         )
     )
@@ -299,6 +339,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _train,
+    "eval": _eval,
     "export": _export,
     "serve": _serve,
     "query": _query,
@@ -333,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:
-        if args.command not in ("train", "export", "demo"):
+        if args.command not in ("train", "eval", "export", "demo"):
             raise
         print(
             f"irec {args.command}: needs the training extra (missing module {exc.name!r}): "

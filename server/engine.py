@@ -124,13 +124,11 @@ class RecommenderEngine:
         k = self._resolve_k(query.k)
         num_clusters = self._resolve_num_clusters(query.num_clusters)
         rows, unknown = self._resolve_history(query)
-        history_text = self._render(rows, query.history_texts)
-
         started = time.perf_counter()
-        user = self.bundle.encoder.encode([history_text])[0]
+        user = self._user_vector(rows, query.history_texts)
         encoded = time.perf_counter()
 
-        cluster_scores = self.bundle.centroids @ user
+        cluster_scores = self.bundle.centroids @ (user / max(float(np.linalg.norm(user)), 1e-12))
         top_clusters = np.argsort(-cluster_scores)[:num_clusters]
         clusters = [
             ScoredCluster(
@@ -204,6 +202,15 @@ class RecommenderEngine:
             raise InvalidArgument("history_texts", "all texts are empty")
         return rows, unknown
 
+    def _user_vector(self, rows: Sequence[int], texts: Sequence[str]) -> np.ndarray:
+        """The sequence head's user vector if the bundle has one, else the encoded history text."""
+        head = self.bundle.head
+        if head is None:
+            return self.bundle.encoder.encode([self._render(rows, texts)])[0]
+        texts = [t for t in texts if t.strip()]
+        free = self.bundle.encoder.encode(texts) if texts else None
+        return head.user_vector(rows, free)
+
     def _render(self, rows: Sequence[int], texts: Sequence[str]) -> str:
         item_texts = [self.bundle.items[row].text for row in rows]
         return render_history(
@@ -215,6 +222,7 @@ class RecommenderEngine:
     ) -> list[ScoredItem]:
         """Top-k unseen items; in cluster mode the cluster's index first, topped up globally."""
         found: list[tuple[int, float]] = []
+        user = self.bundle.manifest.hnsw.query_vector(user)
         if mode is RetrievalMode.CLUSTER:
             cluster = self.bundle.clusters[cluster_id]
             # Cluster indexes are labelled with global item rows.

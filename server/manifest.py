@@ -12,6 +12,8 @@ A bundle is a folder::
     clusters.json          per cluster: id, description, size, item rows
     index/all.hnsw         HNSW (inner product) over all items
     index/cluster_<k>.hnsw HNSW over the items of cluster k
+    user_head.onnx         optional sequence head: history → user vector (see SequenceHeadSpec)
+    item_text_embeddings.npy  float32 [num_items, text_dim], the head's per-item text input
 
 Both sides import this module; nothing else is shared.
 """
@@ -23,6 +25,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -69,6 +73,47 @@ class HnswParams:
     m: int = 16
     ef_construction: int = 200
     ef_search: int = 128
+    # > 0 when item vectors are not unit length: each is stored as
+    # [x, sqrt(M² - |x|²)] so that inner-product search becomes a search among
+    # equal-norm vectors (Bachrach et al., RecSys 2014), which HNSW handles well;
+    # queries get a trailing 0, so scores stay exact dot products.
+    mips_max_norm: float = 0.0
+
+    def index_dimension(self, dimension: int) -> int:
+        """Dimension of the stored index vectors."""
+        return dimension + 1 if self.mips_max_norm > 0 else dimension
+
+    def index_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Item vectors as stored in the index."""
+        if self.mips_max_norm <= 0:
+            return vectors
+        norms2 = (vectors.astype(np.float64) ** 2).sum(axis=1)
+        extra = np.sqrt(np.clip(self.mips_max_norm**2 - norms2, 0.0, None))
+        return np.hstack([vectors, extra[:, None]]).astype(np.float32)
+
+    def query_vector(self, vector: np.ndarray) -> np.ndarray:
+        """A query as searched in the index."""
+        if self.mips_max_norm <= 0:
+            return vector
+        return np.append(vector, np.float32(0.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SequenceHeadSpec:
+    """A sequence head: user vector from the history's item IDs and text embeddings.
+
+    ONNX inputs ``item_ids`` int64 [batch, max_length] (item row + 1; 0 = padding or an
+    entry without an ID, such as a free text) and ``item_text`` float32
+    [batch, max_length, text_dim]; output ``user`` float32 [batch, dimension]. Histories
+    are right-aligned (most recent last). Item vectors in item_embeddings.npy are not
+    normalised: scores are dot products.
+    """
+
+    file: str
+    text_embeddings: str
+    max_length: int
+    text_dimension: int
+    parity_cosine_min: float
 
 
 @dataclass(frozen=True)
@@ -91,6 +136,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     history_separator: str = HISTORY_SEPARATOR
     training: dict[str, Any] = field(default_factory=dict)
+    sequence_head: SequenceHeadSpec | None = None
 
     def to_json(self) -> str:
         """Serialise to the JSON stored as manifest.json."""
@@ -125,6 +171,9 @@ class Manifest:
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 history_separator=str(raw.get("history_separator", HISTORY_SEPARATOR)),
                 training=dict(raw.get("training", {})),
+                sequence_head=(
+                    SequenceHeadSpec(**raw["sequence_head"]) if raw.get("sequence_head") else None
+                ),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest.json: missing key {exc.args[0]!r}") from exc
@@ -159,6 +208,8 @@ def verify_checksums(bundle_dir: Path, manifest: Manifest) -> None:
     """Check every file the manifest lists against its sha256; raise on the first mismatch."""
     required = {TOKENIZER_FILE, ITEMS_FILE, ITEM_EMBEDDINGS_FILE, CENTROIDS_FILE, CLUSTERS_FILE}
     required |= set(manifest.encoders.values())
+    if manifest.sequence_head is not None:
+        required |= {manifest.sequence_head.file, manifest.sequence_head.text_embeddings}
     missing_from_manifest = sorted(required - manifest.files.keys())
     if missing_from_manifest:
         raise ManifestError(

@@ -105,6 +105,44 @@ def load_movielens_1m(folder: Path) -> Dataset:
     return _finish(f"movielens-1m:{folder}", interactions, items)
 
 
+def load_movielens_1m_sasrec(folder: Path, movies: Path | None = None) -> Dataset:
+    """SASRec's ml-1m.txt (``user item`` per line, time-ordered) with titles and genres.
+
+    Items are SASRec's own IDs (1..3416); ``sas_to_original_items.txt`` maps them to
+    MovieLens IDs so titles and genres come from ``movies.dat`` (by default the
+    ``ml-1m`` folder beside DIR). The line order is the time order, so the line
+    number serves as the timestamp.
+    """
+    rows = []
+    sequence_file = folder / "ml-1m.txt"
+    with _open_text(sequence_file, "utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.split()
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise DataError(f"{sequence_file}:{line_no}: expected 'user item' integers")
+            rows.append((parts[0], parts[1], line_no))
+    interactions = pd.DataFrame(rows, columns=list(INTERACTION_COLUMNS))
+    mapping_file = folder / "sas_to_original_items.txt"
+    to_original = {}
+    with _open_text(mapping_file, "utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.split()
+            if len(parts) != 2:
+                raise DataError(f"{mapping_file}:{line_no}: expected 'sas_item_id movie_id'")
+            to_original[parts[1]] = parts[0]
+    movies = movies or folder.parent / "ml-1m" / "movies.dat"
+    records = []
+    for _line_no, (movie, raw_title, genres) in _dat_rows(movies, 3):
+        if movie in to_original:
+            title, year = split_title_year(raw_title)
+            records.append((to_original[movie], title, year, genres.split("|"), ""))
+    items = pd.DataFrame(records, columns=["item_id", "title", "year", "categories", "description"])
+    if len(items) != len(to_original):
+        raise DataError(f"{movies}: {len(to_original) - len(items)} mapped movies are missing")
+    items = items.sort_values("item_id", key=lambda s: s.astype(int)).reset_index(drop=True)
+    return _finish(f"movielens-1m-sasrec:{folder}", interactions, items)
+
+
 def load_movielens_latest(folder: Path) -> Dataset:
     """MovieLens latest(-small): ratings.csv and movies.csv (UTF-8, header)."""
     ratings = _read_table(folder / "ratings.csv", ["userId", "movieId", "timestamp"])
@@ -213,6 +251,9 @@ def load_spec(spec: str) -> Dataset:
         raise DataError(f"data spec {spec!r}: expected KIND:PATH (see --help)")
     if kind == "movielens-1m":
         return load_movielens_1m(Path(arg))
+    if kind == "movielens-1m-sasrec":
+        folder, _, movies = arg.partition(",")
+        return load_movielens_1m_sasrec(Path(folder), Path(movies) if movies else None)
     if kind == "movielens-latest":
         return load_movielens_latest(Path(arg))
     if kind in ("csv", "parquet", "tables"):
@@ -222,5 +263,5 @@ def load_spec(spec: str) -> Dataset:
         return load_tables(Path(parts[0]), Path(parts[1]))
     raise DataError(
         f"data spec {spec!r}: unknown kind {kind!r}; use demo, movielens-1m:DIR, "
-        "movielens-latest:DIR or csv:INTERACTIONS,ITEMS"
+        "movielens-1m-sasrec:DIR[,MOVIES], movielens-latest:DIR or csv:INTERACTIONS,ITEMS"
     )

@@ -164,9 +164,8 @@ def train(config: TrainConfig) -> Path:
         )
 
     with timer.stage("write run"):
-        out = _write_run(
-            config,
-            model_dir,
+        out = write_run(
+            config.out,
             encoder,
             tokenizer,
             items,
@@ -176,6 +175,12 @@ def train(config: TrainConfig) -> Path:
             user_embeddings,
             clustering,
             {
+                "model_name": DEFAULT_MODEL_NAME if config.model is None else model_dir.name,
+                "base_model_dir": str(model_dir),
+                "data": config.data,
+                "seed": config.seed,
+                "clusters": config.clusters,
+                "finetune": asdict(config.finetune),
                 "metrics": metrics,
                 "loss": losses,
                 "timings_s": timer.seconds,
@@ -196,9 +201,8 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     print(flush=True)
 
 
-def _write_run(
-    config: TrainConfig,
-    model_dir: Path,
+def write_run(
+    out: Path,
     encoder: Any,
     tokenizer: Any,
     items: Any,
@@ -207,10 +211,10 @@ def _write_run(
     item_embeddings: np.ndarray,
     user_embeddings: np.ndarray,
     clustering: Any,
-    report: dict[str, Any],
+    run_info: dict[str, Any],
+    head: Any = None,
 ) -> Path:
-    """Write into a temporary sibling folder, then swap it in: no half-written run."""
-    out = config.out
+    """Write a run folder (the input of export) into a temporary sibling, then swap it in."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -255,18 +259,12 @@ def _write_run(
             indent=1,
         )
     )
-    model_name = DEFAULT_MODEL_NAME if config.model is None else model_dir.name
-    run = {
-        "model_name": model_name,
-        "base_model_dir": str(model_dir),
-        "data": config.data,
-        "seed": config.seed,
-        "clusters": config.clusters,
-        "finetune": asdict(config.finetune),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **report,
-    }
-    (tmp / "run.json").write_text(json.dumps(run, indent=1))
+    if head is not None:
+        from training.sequence_head import save_head
+
+        save_head(head, tmp)
+    run = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info}
+    (tmp / "run.json").write_text(json.dumps(run, indent=1, default=float))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -17,13 +17,24 @@ def test_hnsw_recall_against_exact_search_and_save_load_identity(tmp_path):
     vectors, queries = unit(rng, 3000), unit(rng, 200)
     params = HnswParams()
     index = build_index(vectors, list(range(len(vectors))), params)
-    assert recall_at_k(index, vectors, queries, k=10) >= 0.95
+    assert recall_at_k(index, vectors, queries, params, k=10) >= 0.95
     save_index(index, tmp_path / "i" / "all.hnsw")
     loaded = _load_index(tmp_path / "i" / "all.hnsw", 32, len(vectors), params)
     a, da = index.knn_query(queries, k=10)
     b, db = loaded.knn_query(queries, k=10)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(da, db)
+
+
+def test_unnormalised_vectors_are_searched_by_exact_inner_product():
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 2000) * rng.uniform(0.2, 3.0, size=(2000, 1)).astype(np.float32)
+    queries = unit(rng, 100) * 2
+    params = HnswParams(mips_max_norm=float(np.linalg.norm(vectors, axis=1).max()) * 1.0001)
+    index = build_index(vectors, list(range(len(vectors))), params)
+    assert recall_at_k(index, vectors, queries, params, k=10) >= 0.95
+    labels, distances = index.knn_query(params.query_vector(queries[0])[None, :], k=5)
+    np.testing.assert_allclose(1 - distances[0], vectors[labels[0]] @ queries[0], rtol=1e-4)
 
 
 def test_subset_index_uses_global_labels():

@@ -1,0 +1,214 @@
+"""Write an evaluation report: report.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (backend first)
+
+# Published numbers on the same file and protocol (REFERENCE.md §3).
+ANCHORS = {
+    "SASRec+ CE, 3000 negatives (best published)": (0.3159, 0.1857),
+    "gSASRec": (0.3003, 0.1726),
+    "BERT4Rec": (0.2843, 0.1537),
+}
+SERVED = "irec served bundle (int8 ONNX + HNSW)"
+
+
+def _cell(metric: dict[str, float] | float | None) -> str:
+    if metric is None:
+        return "–"
+    if isinstance(metric, dict):
+        return f"{metric['mean']:.4f} [{metric['low']:.4f}, {metric['high']:.4f}]"
+    return f"{metric:.4f}"
+
+
+def _model_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = list(report["models"].items())
+    served = report.get("served")
+    if served:
+        rows.append((SERVED, served["metrics"] | {"coverage@10": served["coverage@10"]}))
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    data = report["data"]
+    lines = [
+        "# irec quality report",
+        "",
+        f"Data `{data['spec']}`: {data['users']} users, {data['items']} items, "
+        f"{data['interactions']} interactions. Leave-one-out (last item = test, second to last "
+        "= validation), all items ranked, history excluded. 95% intervals: bootstrap over "
+        f"users (seed {report['config']['seed']}).",
+        "",
+        "| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 | MRR | coverage@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in _model_rows(report):
+        lines.append(
+            f"| {name} | {_cell(m['hr@10'])} | {_cell(m['ndcg@10'])} | {_cell(m['hr@50'])} | "
+            f"{_cell(m['ndcg@50'])} | {_cell(m.get('mrr'))} | {_cell(m.get('coverage@10'))} |"
+        )
+    for name, (hr, ndcg) in ANCHORS.items():
+        lines.append(f"| *{name}* (published) | {hr:.4f} | {ndcg:.4f} | – | – | – | – |")
+    served = report.get("served")
+    if served:
+        lines += [
+            "",
+            f"Served bundle `{served['bundle_version']}` "
+            f"(default mode `{served['default_mode']}`): "
+            f"relative NDCG@10 loss vs torch exact **{served['relative_ndcg@10_loss']:+.2%}**, "
+            f"{served['ms_per_request']:.2f} ms per request through the engine (1 thread), "
+            f"HNSW recall@10 {served['hnsw_recall@10']}, head parity min cosine "
+            f"{served['head_parity_min_cosine']}, text encoder parity "
+            + ", ".join(
+                f"{k} mean {v['cosine_mean']:.4f} / min {v['cosine_min']:.4f}"
+                for k, v in served["parity"].items()
+            )
+            + ". MRR is not reported for the served path (it returns the top 50 only).",
+        ]
+    modes = report.get("modes")
+    if modes:
+        lines += [
+            "",
+            "## Retrieval modes (same candidate budget)",
+            "",
+            "| mode | HR@10 | NDCG@10 | HR@50 | NDCG@50 |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in modes["metrics"].items():
+            lines.append(
+                f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
+                f"{m['ndcg@50']:.4f} |"
+            )
+        lines.append(f"\nWinner by NDCG@10: **{modes['winner']}**.")
+    clusters = report.get("clusters")
+    if clusters:
+        lines += [
+            "",
+            "## Clusters",
+            "",
+            f"K = {clusters['k']} (silhouette over 4..16: "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in clusters["k_scores"].items())
+            + f"). Silhouette (cosine) {clusters['silhouette']:.3f}, Davies–Bouldin "
+            f"{clusters['davies_bouldin']:.3f}, NMI vs dominant genre "
+            f"{clusters['nmi_vs_dominant_genre']:.3f}, "
+            f"ARI {clusters['ari_vs_dominant_genre']:.3f}.",
+            "",
+            "| cluster | users | description |",
+            "|---|---|---|",
+        ]
+        for c, (size, description) in enumerate(
+            zip(clusters["sizes"], clusters["descriptions"], strict=True)
+        ):
+            lines.append(f"| {c} | {size} | {description} |")
+    cold = report.get("cold_start")
+    if cold and cold.get("users"):
+        lines += [
+            "",
+            "## Cold start",
+            "",
+            f"{cold['held_out_items']} items held out of training (all their interactions); "
+            f"{cold['users']} users whose test item is one of them; ranked over the full "
+            "catalogue. ID-only models cannot score these items.",
+            "",
+            "| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("ours", "popularity"):
+            m = cold[name]
+            lines.append(
+                f"| {name} | {_cell(m['hr@10'])} | {_cell(m['ndcg@10'])} | {_cell(m['hr@50'])} | "
+                f"{_cell(m['ndcg@50'])} |"
+            )
+    if "validation" in report:
+        lines += ["", "## Validation (tuning only)", ""]
+        head = report.get("head_training", {})
+        if head.get("epoch"):
+            lines.append(
+                "Sequence head, validation NDCG@10 by epoch: "
+                + ", ".join(
+                    f"{e}: {v:.4f}" for e, v in zip(head["epoch"], head["val_ndcg@10"], strict=True)
+                )
+            )
+        for name, values in report["validation"].items():
+            lines.append(f"\n{name}: " + ", ".join(f"{k}: {v:.4f}" for k, v in values.items()))
+    lines += [
+        "",
+        "## Stage times (s)",
+        "",
+        ", ".join(f"{k} {v:.0f}" for k, v in report.get("timings_s", {}).items()),
+        "",
+        "![metrics](metrics.png) ![clusters](clusters.png) ![training](training.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(report: dict[str, Any], path: Path) -> None:
+    """NDCG@10 and HR@10 per model with 95% intervals."""
+    rows = [(n, m) for n, m in _model_rows(report)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(rows) + 2))
+    for ax, metric in zip(axes, ("ndcg@10", "hr@10"), strict=True):
+        means = [m[metric]["mean"] for _, m in rows]
+        err = [
+            [m[metric]["mean"] - m[metric]["low"] for _, m in rows],
+            [m[metric]["high"] - m[metric]["mean"] for _, m in rows],
+        ]
+        ax.barh(range(len(rows)), means, xerr=err, color="#4C72B0", capsize=3)
+        ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=8)
+        ax.invert_yaxis()
+        best = max(v[1 if metric == "ndcg@10" else 0] for v in ANCHORS.values())
+        ax.axvline(best, color="#C44E52", linestyle="--", label="best published")
+        ax.set_xlabel(metric.upper())
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_clusters(report: dict[str, Any], path: Path) -> None:
+    """Cluster sizes and a 2-D (PCA) map of user embeddings coloured by cluster."""
+    clusters, xy = report["clusters"], report["embedding_2d"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    left.bar(range(len(clusters["sizes"])), clusters["sizes"], color="#55A868")
+    left.set_xlabel("cluster")
+    left.set_ylabel("users")
+    left.set_title("cluster sizes")
+    right.scatter(xy["x"], xy["y"], c=xy["cluster"], cmap="tab20", s=4)
+    right.set_title("users (PCA of embeddings), coloured by cluster")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(report: dict[str, Any], path: Path) -> None:
+    """Training loss per step and validation NDCG@10 per evaluated epoch."""
+    head = report["head_training"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    left.plot(head["loss"], linewidth=0.8)
+    left.set_xlabel("step")
+    left.set_ylabel("cross-entropy")
+    left.set_title("sequence head training loss")
+    right.plot(head["epoch"], head["val_ndcg@10"], marker="o")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation NDCG@10")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """report.json, report.md, metrics.png, clusters.png, training.png into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "report.md").write_text(markdown(report))
+    plot_metrics(report, out / "metrics.png")
+    plot_clusters(report, out / "clusters.png")
+    plot_training(report, out / "training.png")
+    print(f"[eval] report written to {out / 'report.md'}", flush=True)
