@@ -1,0 +1,117 @@
+"""`irec eval --quick`: the whole protocol on demo data with a tiny model, in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.baselines import ease_scores, ease_weights, itemknn_scores
+from training.evaluate import summarise, target_ranks, top_k
+from training.multi_interest import hits_from_lists, interest_queries, merge_queries, split_budget
+
+
+@pytest.fixture(scope="session")
+def quick_report(tmp_path_factory):
+    from training.quality import EvalConfig, run_eval
+
+    out = tmp_path_factory.mktemp("eval") / "quick"
+    report = run_eval(
+        EvalConfig(
+            data="demo:300", out=out, quick=True, head_minutes=0.5, cold_minutes=0.2, progress=False
+        )
+    )
+    return out, report
+
+
+def test_quick_eval_writes_a_complete_report(quick_report):
+    out, report = quick_report
+    for name in ("report.json", "report.md", "metrics.png", "clusters.png", "training.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "report.json").read_text())["data"]["users"] == 300
+    models = report["models"]
+    assert {"popularity", "ItemKNN (recency 0.6)", "pretrained encoder, no fine-tuning"} <= set(
+        models
+    )
+    assert any(name.startswith("EASE") for name in models)
+    for metrics in models.values():
+        for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"):
+            m = metrics[key]
+            assert m["low"] <= m["mean"] <= m["high"]
+        assert 0 < metrics["coverage@10"] <= 1
+    # The served bundle (int8 encoder, ONNX head, HNSW) ranks like torch exact search.
+    assert abs(report["served"]["relative_ndcg@10_loss"]) <= 0.05
+    assert report["served"]["head_parity_min_cosine"] >= 0.999
+    assert set(report["modes"]["metrics"]) == {
+        "all items",
+        "user's cluster",
+        "multi-interest",
+        "blend",
+    }
+    clusters = report["clusters"]
+    assert sum(clusters["sizes"]) == 300 and -1 <= clusters["silhouette"] <= 1
+    assert 0 <= clusters["nmi_vs_dominant_genre"] <= 1
+    assert report["cold_start"]["held_out_items"] == 54
+    assert set(report["timings_s"]) >= {"baselines", "sequence head", "cold start"}
+    markdown = (out / "report.md").read_text()
+    assert "Retrieval modes" in markdown and "Cold start" in markdown and "SASRec+" in markdown
+
+
+def test_served_head_bundle_answers_history_and_free_text(quick_report):
+    from server.bundle import load_bundle
+    from server.engine import RecommenderEngine, RecommendQuery
+
+    out, _ = quick_report
+    bundle = load_bundle(out / "bundle", device="cpu")
+    assert bundle.head is not None and bundle.manifest.hnsw.mips_max_norm > 0
+    engine = RecommenderEngine(bundle)
+    ids = [bundle.items[r].item_id for r in (0, 1, 2)]
+    by_ids = engine.recommend(RecommendQuery(history_item_ids=ids, k=5))
+    with_text = engine.recommend(RecommendQuery(history_item_ids=ids, history_texts=["jazz"], k=5))
+    only_text = engine.recommend(RecommendQuery(history_texts=["haunted crypt horror"], k=5))
+    assert len(by_ids.items) == len(with_text.items) == len(only_text.items) == 5
+    assert not set(ids) & {i.item_id for i in by_ids.items}
+    # Scores are exact dot products of the head's user vector and the item vectors.
+    user = bundle.head.user_vector([0, 1, 2])
+    for item in by_ids.items:
+        expected = float(bundle.item_embeddings[bundle.row_of_item[item.item_id]] @ user)
+        assert item.score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_ease_and_itemknn_recover_a_co_occurrence():
+    train = [[0, 1], [0, 1], [2, 3], [2, 3], [0, 1, 4]]
+    weights = ease_weights(train, 5, lam=1.0)
+    scores = ease_scores(weights, [[0], [2]])
+    assert np.argmax(
+        np.where([[0, 1, 1, 1, 1], [1, 1, 0, 1, 1]], scores, -np.inf), axis=1
+    ).tolist() == [1, 3]
+    knn = itemknn_scores(train, [[0], [2]], 5)
+    assert knn[0, 1] > knn[0, 2] and knn[1, 3] > knn[1, 1]
+
+
+def test_ranks_topk_and_intervals():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3]])
+    assert target_ranks(scores, [[1]], [2]).tolist() == [0]
+    assert top_k(scores, [[1]], 2).tolist() == [[2, 3]]
+    summary = summarise(np.array([0, 5, 20, 100]), seed=0)
+    assert summary["hr@10"]["mean"] == 0.5
+    assert summary["hr@10"]["low"] <= 0.5 <= summary["hr@10"]["high"]
+
+
+def test_multi_interest_splits_budget_and_finds_each_interest():
+    assert split_budget([3.0, 1.0], 8) == [6, 2]
+    assert sum(split_budget([1.0, 1.0, 1.0], 10)) == 10
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=16), rng.normal(size=16)
+    items = np.stack(
+        [a + rng.normal(scale=0.05, size=16) for _ in range(10)]
+        + [b + rng.normal(scale=0.05, size=16) for _ in range(10)]
+    )
+    history = [0, 1, 2, 10, 11]
+    queries = interest_queries(items, history, max_interests=2)
+    assert len(queries) == 2
+    chosen = merge_queries(queries, items, set(history), 6)
+    assert len(chosen) == 6 and not set(chosen) & set(history)
+    assert any(r < 10 for r in chosen) and any(r >= 10 for r in chosen)
+    assert hits_from_lists([chosen], [chosen[2]]).tolist() == [2]
