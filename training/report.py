@@ -88,6 +88,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{m['ndcg@50']:.4f} |"
             )
         lines.append(f"\nWinner by NDCG@10: **{modes['winner']}**.")
+        if served:
+            chosen = served["default_mode"]
+            why = (
+                "the winner"
+                if modes["winner"] in ("all items", "user's cluster")
+                else "the best mode the server implements (multi-interest and blend are "
+                "measured here, not served)"
+            )
+            lines.append(f"The bundle's default retrieval mode is `{chosen}`: {why}.")
     clusters = report.get("clusters")
     if clusters:
         lines += [

@@ -129,13 +129,13 @@ def score_users(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors [users, dim], item vectors [items, dim]) in eval mode."""
     head.eval()
+    device = head.item_text.device
     users = []
     for start in range(0, len(histories), batch_size):
-        ids = torch.from_numpy(
-            right_aligned(histories[start : start + batch_size], head.config.max_length)
-        )
-        users.append(head.user_vectors(ids, head.item_text[ids]).numpy())
-    return np.concatenate(users), head.all_item_vectors().numpy()
+        batch = right_aligned(histories[start : start + batch_size], head.config.max_length)
+        ids = torch.from_numpy(batch).to(device)
+        users.append(head.user_vectors(ids, head.item_text[ids]).cpu().numpy())
+    return np.concatenate(users), head.all_item_vectors().cpu().numpy()
 
 
 def train_head(
@@ -159,7 +159,8 @@ def train_head(
     inputs = right_aligned([s[:-1] for s in usable], config.max_length)
     targets = right_aligned([s[1:] for s in usable], config.max_length)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate, betas=(0.9, 0.98))
-    logit_mask = torch.zeros(head.item_text.shape[0] - 1)
+    device = head.item_text.device
+    logit_mask = torch.zeros(head.item_text.shape[0] - 1, device=device)
     if len(excluded_items):
         logit_mask[list(excluded_items)] = float("-inf")
     history: dict[str, list[float]] = {"loss": [], "val_ndcg@10": [], "epoch": []}
@@ -172,8 +173,8 @@ def train_head(
         bar = tqdm(range(steps), desc=f"head epoch {epoch}", unit="step", disable=not progress)
         for step in bar:
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-            ids = torch.from_numpy(inputs[rows])
-            target = torch.from_numpy(targets[rows])
+            ids = torch.from_numpy(inputs[rows]).to(device)
+            target = torch.from_numpy(targets[rows]).to(device)
             hidden = head.encode_positions(ids, head.item_text[ids])
             keep = target > 0
             logits = hidden[keep] @ head.all_item_vectors().T + logit_mask
@@ -194,6 +195,7 @@ def train_head(
             if score > best:
                 best, stale = score, 0
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                history["best_epoch"] = [float(epoch)]
             else:
                 stale += 1
                 if stale >= config.patience:
