@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,9 @@ class ExportOptions:
     hnsw: fmt.HnswParams = fmt.HnswParams()
     default_mode: RetrievalMode = RetrievalMode.ALL_ITEMS
     min_recall: float = 0.9
+    # Items table (CSV/Parquet) of items unknown to training: they enter the bundle by
+    # their text alone (encoder + the head's text projection, no ID residual).
+    new_items: Path | None = None
 
 
 def _read_run(run: Path) -> dict:
@@ -114,6 +118,14 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         encoders["fp16"] = fmt.ENCODER_FP16_FILE
 
     records = [json.loads(line) for line in (run / "items.jsonl").read_text().splitlines()]
+    trained_items = len(records)
+    item_embeddings = np.load(run / "item_embeddings.npy").astype(np.float32)
+    new_text_embeddings = None
+    if options.new_items is not None:
+        added, item_embeddings, new_text_embeddings = _add_new_items(
+            run, info, encoder, tokenizer, records, item_embeddings, options.new_items
+        )
+        records += added
     texts = [r["text"] for r in records]
     rng = np.random.default_rng(0)
     picked = rng.choice(len(texts), size=min(PARITY_ITEMS, len(texts)), replace=False)
@@ -143,11 +155,21 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         check_parity(name, report)
         parity[name] = report
     fp32.unlink()
-    sequence_head = _export_head(run, stage, len(texts)) if (run / HEAD_FILE).exists() else None
+    sequence_head = (
+        _export_head(run, stage, trained_items, new_text_embeddings)
+        if (run / HEAD_FILE).exists()
+        else None
+    )
 
-    item_embeddings = np.load(run / "item_embeddings.npy").astype(np.float32)
     centroids = np.load(run / "centroids.npy").astype(np.float32)
     clusters = json.loads((run / "clusters.json").read_text())["clusters"]
+    if len(records) > trained_items:  # new items join their nearest cluster's index
+        unit = item_embeddings[trained_items:] / np.linalg.norm(
+            item_embeddings[trained_items:], axis=1, keepdims=True
+        )
+        nearest = np.argmax(unit @ centroids.T, axis=1)
+        for offset, c in enumerate(nearest):
+            clusters[int(c)]["item_rows"] = [*clusters[int(c)]["item_rows"], trained_items + offset]
     with (stage / fmt.ITEMS_FILE).open("w", encoding="utf-8") as handle:
         for r in records:
             handle.write(json.dumps({"id": r["id"], "title": r["title"], "text": r["text"]}) + "\n")
@@ -233,7 +255,49 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
     return manifest
 
 
-def _export_head(run: Path, stage: Path, num_items: int) -> fmt.SequenceHeadSpec:
+def _add_new_items(
+    run: Path,
+    info: dict,
+    encoder: Any,
+    tokenizer: Any,
+    records: list[dict],
+    item_embeddings: np.ndarray,
+    path: Path,
+) -> tuple[list[dict], np.ndarray, np.ndarray | None]:
+    """Records, all item vectors, and (with a head) text embeddings for items new to training."""
+    from training.data import read_items
+    from training.text import render_items
+
+    table = read_items(path)
+    known = {r["id"] for r in records}
+    clash = [i for i in table["item_id"] if i in known]
+    if clash:
+        raise ExportError(f"{path}: item_id {clash[0]!r} is already in the catalogue")
+    texts = render_items(table)
+    added = [
+        {"id": i, "title": t, "text": x}
+        for i, t, x in zip(table["item_id"], table["title"], texts, strict=True)
+    ]
+    item_length = int(info.get("finetune", {}).get("item_max_length", 32))
+    text = embed_texts(encoder, tokenizer, texts, item_length, progress=False)
+    if not (run / HEAD_FILE).exists():
+        vectors, head_text = text, None
+    else:
+        import torch
+
+        head = load_head(run)
+        with torch.no_grad():
+            vectors = head.item_vectors_from(
+                torch.zeros(len(texts), dtype=torch.long), torch.from_numpy(text)
+            ).numpy()
+        head_text = text
+    print(f"[export] {len(added)} new items enter by their text alone", flush=True)
+    return added, np.vstack([item_embeddings, vectors.astype(np.float32)]), head_text
+
+
+def _export_head(
+    run: Path, stage: Path, num_items: int, new_text: np.ndarray | None = None
+) -> fmt.SequenceHeadSpec:
     """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
     print("[export] sequence head → ONNX", flush=True)
     head = load_head(run)
@@ -248,6 +312,8 @@ def _export_head(run: Path, stage: Path, num_items: int) -> fmt.SequenceHeadSpec
     if parity < HEAD_PARITY_MIN_COSINE:
         raise ExportError(f"sequence head ONNX parity {parity:.5f} < {HEAD_PARITY_MIN_COSINE}")
     text = head.item_text[1:].numpy().astype(np.float32)
+    if new_text is not None:
+        text = np.vstack([text, new_text.astype(np.float32)])
     np.save(stage / "item_text_embeddings.npy", text)
     return fmt.SequenceHeadSpec(
         file="user_head.onnx",
@@ -255,6 +321,7 @@ def _export_head(run: Path, stage: Path, num_items: int) -> fmt.SequenceHeadSpec
         max_length=head.config.max_length,
         text_dimension=int(text.shape[1]),
         parity_cosine_min=round(parity, 6),
+        trained_items=num_items,
     )
 
 

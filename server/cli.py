@@ -142,6 +142,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     a.add("--parity-mean", type=float, default=0.98, help="minimum mean cosine to torch")
     a.add("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
+    a.add(
+        "--new-items",
+        type=Path,
+        help="items table (CSV/Parquet: item_id,title[,year,categories,description]) of items "
+        "unknown to training; they enter the bundle by their text alone",
+    )
     a.add("--bundle-version", help="bundle version string (default: UTC time + content hash)")
     a.add(
         "--default-mode",
@@ -263,6 +269,7 @@ def _export(args: argparse.Namespace) -> int:
             fp16=not args.no_fp16,
             version=args.bundle_version,
             default_mode=RetrievalMode(args.default_mode),
+            new_items=args.new_items,
         ),
     )
     print(f"wrote bundle {manifest.bundle_version} to {args.out}")

@@ -114,6 +114,9 @@ class SequenceHeadSpec:
     max_length: int
     text_dimension: int
     parity_cosine_min: float
+    # Items [0, trained_items) have an ID residual in the head; later rows (items
+    # added after training) enter by their text alone.
+    trained_items: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,21 @@ class UserHead:
     """Runs user_head.onnx on one right-aligned history."""
 
     def __init__(
-        self, session: ort.InferenceSession, item_text: np.ndarray, max_length: int
+        self,
+        session: ort.InferenceSession,
+        item_text: np.ndarray,
+        max_length: int,
+        trained_items: int | None = None,
     ) -> None:
         self.session = session
         self.item_text = item_text
         self.max_length = max_length
+        self.trained_items = len(item_text) if not trained_items else trained_items
 
     def user_vector(self, rows: Sequence[int], free_text: np.ndarray | None = None) -> np.ndarray:
         """User vector for item rows (oldest first) followed by free-text embeddings."""
-        ids = [row + 1 for row in rows]
+        # Items added after training have no ID embedding: they enter by text (ID 0).
+        ids = [row + 1 if row < self.trained_items else 0 for row in rows]
         texts = [self.item_text[row] for row in rows]
         if free_text is not None:
             ids += [0] * len(free_text)

@@ -208,6 +208,12 @@ def load_tables(interactions_path: Path, items_path: Path) -> Dataset:
             row = int(empty.to_numpy().nonzero()[0][0])
             raise DataError(f"{interactions_path}: line {row + 2}, column {column!r} is empty")
     _check_integer(interactions, "timestamp", interactions_path)
+    items = read_items(items_path)
+    return _finish(f"csv:{interactions_path},{items_path}", interactions, items)
+
+
+def read_items(items_path: Path) -> pd.DataFrame:
+    """An items table (CSV or Parquet): item_id, title; optional year, categories, description."""
     frame = _read_table(items_path, ["item_id", "title"])
     category_column = next((c for c in CATEGORY_COLUMNS if c in frame.columns), None)
     records = []
@@ -235,7 +241,11 @@ def load_tables(interactions_path: Path, items_path: Path) -> Dataset:
             )
         )
     items = pd.DataFrame(records, columns=["item_id", "title", "year", "categories", "description"])
-    return _finish(f"csv:{interactions_path},{items_path}", interactions, items)
+    duplicated = items["item_id"].duplicated()
+    if duplicated.any():
+        row = int(duplicated.to_numpy().nonzero()[0][0])
+        raise DataError(f"{items_path}: line {row + 2}: item_id {items['item_id'][row]!r} repeats")
+    return items
 
 
 def load_spec(spec: str) -> Dataset:

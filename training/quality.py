@@ -350,7 +350,7 @@ class QualityRun:
                 "model_name": self.model_name,
                 "data": cfg.data,
                 "seed": cfg.seed,
-                "finetune": {"history_max_length": 128},
+                "finetune": {"history_max_length": 128, "item_max_length": ITEM_TEXT_MAX_LENGTH},
                 "metrics": self.report["models"],
             },
             head=head,

@@ -79,3 +79,17 @@ def test_manifest_round_trip(bundle_dir):
         fmt.Manifest.from_dict(raw).to_json()
         == fmt.Manifest.from_dict(json.loads(fmt.Manifest.from_dict(raw).to_json())).to_json()
     )
+
+
+def test_new_items_in_a_text_encoder_bundle(trained_run, tmp_path):
+    import numpy as np
+
+    from server.bundle import load_bundle
+
+    new_items = tmp_path / "new.csv"
+    new_items.write_text("item_id,title,categories\nfresh,The Blue Quartet,Jazz\n")
+    export_run(trained_run, tmp_path / "b", ExportOptions(new_items=new_items, fp16=False))
+    bundle = load_bundle(tmp_path / "b", device="cpu")
+    row = bundle.row_of_item["fresh"]
+    served = bundle.encoder.encode([bundle.items[row].text])[0]
+    assert float(np.dot(served, bundle.item_embeddings[row])) > 0.95

@@ -115,3 +115,36 @@ def test_multi_interest_splits_budget_and_finds_each_interest():
     assert len(chosen) == 6 and not set(chosen) & set(history)
     assert any(r < 10 for r in chosen) and any(r >= 10 for r in chosen)
     assert hits_from_lists([chosen], [chosen[2]]).tolist() == [2]
+
+
+def test_a_new_item_enters_a_head_bundle_by_its_text_alone(quick_report, tmp_path):
+    from export.bundle_writer import ExportOptions, export_run
+    from server.bundle import load_bundle
+    from server.engine import RecommenderEngine, RecommendQuery
+
+    out, _ = quick_report
+    new_items = tmp_path / "new.csv"
+    new_items.write_text(
+        "item_id,title,year,categories,description\n"
+        "new-1,The Haunted Saxophone,2026,Jazz|Horror,A ghost plays bebop.\n"
+    )
+    export_run(out / "run", tmp_path / "bundle", ExportOptions(new_items=new_items, fp16=False))
+    bundle = load_bundle(tmp_path / "bundle", device="cpu")
+    row = bundle.row_of_item["new-1"]
+    assert row == len(bundle.items) - 1 and bundle.head is not None
+    assert bundle.head.trained_items == row
+    engine = RecommenderEngine(bundle)
+    # Known to the server: usable in a history, recommendable, included in a cluster index.
+    result = engine.recommend(RecommendQuery(history_item_ids=["new-1"], k=5))
+    assert not result.unknown_item_ids and len(result.items) == 5
+    seen = engine.recommend(RecommendQuery(history_item_ids=["1"], k=len(bundle.items) - 1))
+    assert "new-1" in {i.item_id for i in seen.items}
+    assert any(row in c.item_rows.tolist() for c in bundle.clusters)
+    with pytest.raises(Exception, match="already in the catalogue"):
+        export_run(out / "run", tmp_path / "again", ExportOptions(new_items=_clash(tmp_path)))
+
+
+def _clash(tmp_path):
+    path = tmp_path / "clash.csv"
+    path.write_text("item_id,title\n1,Duplicate\n")
+    return path
