@@ -7,10 +7,8 @@ demo users → SIGTERM, drained stop.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from export.bundle_writer import export_run
 from server.client import RecommenderClient, format_response, make_request
+from server.process import ServerStartError, spawn_server
 from training.demo_data import generate_demo
 from training.finetune import FinetuneConfig
 from training.run import TrainConfig, train
@@ -61,37 +60,13 @@ def _pick_users(count: int) -> list[tuple[str, list[str], list[str]]]:
 
 
 def _start_server(bundle: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = workdir / "server.port"
-    port_file.unlink(missing_ok=True)
     log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--bundle",
-            str(bundle),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not port_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {process.returncode}; see {workdir / 'server.log'}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT_S:.0f} s")
-        time.sleep(0.2)
-    return process, int(port_file.read_text())
+    try:
+        return spawn_server(
+            ["--bundle", str(bundle)], workdir / "server.port", log, SERVER_START_TIMEOUT_S
+        )
+    except ServerStartError as exc:
+        raise RuntimeError(f"{exc}; see {workdir / 'server.log'}") from exc
 
 
 def run_demo(config: DemoConfig) -> int:

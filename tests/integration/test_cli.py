@@ -8,10 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from server.process import spawn_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,21 +30,16 @@ def irec(*args: str, env: dict | None = None, timeout: float = 120) -> subproces
 
 @pytest.fixture(scope="module")
 def served(bundle_dir, tmp_path_factory):
-    port_file = tmp_path_factory.mktemp("serve") / "port"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--port-file", str(port_file)],
+    # The env twin of --bundle.
+    process, port = spawn_server(
+        [],
+        tmp_path_factory.mktemp("serve") / "port",
+        subprocess.PIPE,
+        60,
+        env={"IREC_SERVE_BUNDLE": str(bundle_dir)},
         cwd=ROOT,
-        env={**os.environ, "IREC_SERVE_BUNDLE": str(bundle_dir)},  # env twin of --bundle
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port_file.read_text()}", process
+    yield f"127.0.0.1:{port}", process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
@@ -101,34 +97,16 @@ def test_grpcurl_lists_and_calls_through_reflection(served):
 
 
 def test_sigterm_stops_cleanly(bundle_dir, tmp_path):
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--bundle",
-            str(bundle_dir),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--grace",
-            "1",
-        ],
+    process, _ = spawn_server(
+        ["--bundle", str(bundle_dir), "--grace", "1"],
+        tmp_path / "port",
+        subprocess.PIPE,
+        60,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    assert "stopped" in process.stdout.read()
+    assert b"stopped" in process.stdout.read()
 
 
 def test_serve_refuses_a_corrupt_bundle_with_a_clear_message(bundle_dir, tmp_path):
