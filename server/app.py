@@ -11,9 +11,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.batcher import MicroBatcher
 from server.bundle import load_bundle
 from server.config import ServerConfig
-from server.engine import Limits, RecommenderEngine
+from server.engine import Limits, PreparedQuery, RecommenderEngine
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.service import RecommenderServicer
@@ -33,17 +34,20 @@ class RunningServer:
         health_servicer: health.aio.HealthServicer,
         executor: ThreadPoolExecutor,
         engine: RecommenderEngine,
+        batcher: MicroBatcher[PreparedQuery],
     ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self.executor = executor
         self.engine = engine
+        self.batcher = batcher
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, drain in-flight calls for grace_s, then close the pool."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        await self.batcher.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -63,7 +67,17 @@ async def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    pb_grpc.add_RecommenderServiceServicer_to_server(RecommenderServicer(engine, executor), server)
+    batcher = MicroBatcher(
+        engine.user_vectors,
+        lambda q: q.cost,
+        executor,
+        max_batch=config.max_batch,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+    )
+    pb_grpc.add_RecommenderServiceServicer_to_server(
+        RecommenderServicer(engine, executor, batcher, config.stream_in_flight), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -75,7 +89,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, executor, engine)
+    return RunningServer(server, port, health_servicer, executor, engine, batcher)
 
 
 async def serve(config: ServerConfig) -> None:

@@ -167,6 +167,9 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--workers", type=int, default=4, help="threads running encode and search")
     a.add("--max-k", type=int, default=1000, help="largest k a request may ask for")
     a.add("--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop")
+    a.add("--max-batch", type=int, default=32, help="requests gathered into one encoder run")
+    a.add("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    a.add("--max-queue", type=int, default=1024, help="waiting requests before RESOURCE_EXHAUSTED")
     a.add("--log-level", default="INFO", help="logging level")
 
     p = sub.add_parser("query", help="send Recommend requests to a running server")
@@ -294,6 +297,9 @@ def _serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 max_k=args.max_k,
                 grace_s=args.grace,
+                max_batch=args.max_batch,
+                max_wait_ms=args.max_wait_ms,
+                max_queue=args.max_queue,
                 port_file=args.port_file,
             )
         )

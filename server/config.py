@@ -20,3 +20,7 @@ class ServerConfig:
     max_message_mb: int = 16
     grace_s: float = 5.0  # drain time on SIGTERM / SIGINT
     port_file: Path | None = None  # written with the bound port once serving
+    max_batch: int = 32  # requests per encoder run
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
+    stream_in_flight: int = 64  # messages of one stream processed at once

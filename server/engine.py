@@ -53,6 +53,20 @@ class RecommendQuery:
 
 
 @dataclass(frozen=True)
+class PreparedQuery:
+    """A validated query, ready to be encoded (possibly in a batch with others)."""
+
+    rows: list[int]
+    texts: list[str]
+    k: int
+    num_clusters: int
+    exclude: frozenset[int]
+    mode: RetrievalMode
+    unknown_item_ids: list[str]
+    cost: int
+
+
+@dataclass(frozen=True)
 class ScoredCluster:
     """A cluster and the user's cosine similarity to its centroid."""
 
@@ -120,34 +134,74 @@ class RecommenderEngine:
         return self.bundle.encoder.encode(texts)
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
-        """Clusters and ranked items for one history."""
+        """Clusters and ranked items for one history (unbatched: prepare → encode → finish)."""
+        prepared = self.prepare(query)
+        started = time.perf_counter()
+        (user,) = self.user_vectors([prepared])
+        return self.finish(prepared, user, encode_ms=(time.perf_counter() - started) * 1e3)
+
+    def prepare(self, query: RecommendQuery) -> PreparedQuery:
+        """Validate a query and resolve its history; cheap, raises InvalidArgument."""
         k = self._resolve_k(query.k)
         num_clusters = self._resolve_num_clusters(query.num_clusters)
         rows, unknown = self._resolve_history(query)
-        started = time.perf_counter()
-        user = self._user_vector(rows, query.history_texts)
-        encoded = time.perf_counter()
+        texts = [t for t in query.history_texts if t.strip()]
+        return PreparedQuery(
+            rows=rows,
+            texts=texts,
+            k=k,
+            num_clusters=num_clusters,
+            exclude=frozenset() if query.include_seen_items else frozenset(rows),
+            mode=query.mode or self.default_mode,
+            unknown_item_ids=unknown,
+            cost=self._cost(rows, texts),
+        )
 
+    def _cost(self, rows: Sequence[int], texts: Sequence[str]) -> int:
+        """A length proxy, so a batcher can group similar-length inputs."""
+        if self.bundle.head is not None:
+            return len(texts)
+        return len(self._render(rows, texts))
+
+    def user_vectors(self, queries: Sequence[PreparedQuery]) -> np.ndarray:
+        """User vectors [len(queries), dim] in one encoder (and head) run for all queries."""
+        head = self.bundle.head
+        if head is None:
+            return self.bundle.encoder.encode([self._render(q.rows, q.texts) for q in queries])
+        all_texts = [t for q in queries for t in q.texts]
+        encoded = self.bundle.encoder.encode(all_texts) if all_texts else None
+        histories: list[tuple[Sequence[int], np.ndarray | None]] = []
+        offset = 0
+        for q in queries:
+            free = None
+            if q.texts and encoded is not None:
+                free = encoded[offset : offset + len(q.texts)]
+                offset += len(q.texts)
+            histories.append((q.rows, free))
+        return head.user_vectors(histories)
+
+    def finish(
+        self, prepared: PreparedQuery, user: np.ndarray, encode_ms: float = 0.0
+    ) -> Recommendation:
+        """Cluster scores and item search for one user vector."""
+        started = time.perf_counter()
         cluster_scores = self.bundle.centroids @ (user / max(float(np.linalg.norm(user)), 1e-12))
-        top_clusters = np.argsort(-cluster_scores)[:num_clusters]
+        top_clusters = np.argsort(-cluster_scores)[: prepared.num_clusters]
         clusters = [
             ScoredCluster(
                 int(c), float(cluster_scores[c]), self.bundle.clusters[int(c)].description
             )
             for c in top_clusters
         ]
-        exclude = set() if query.include_seen_items else set(rows)
-        mode = query.mode or self.default_mode
-        items = self._search(user, k, exclude, mode, int(top_clusters[0]))
-        searched = time.perf_counter()
+        items = self._search(
+            user, prepared.k, set(prepared.exclude), prepared.mode, int(top_clusters[0])
+        )
         return Recommendation(
             clusters=clusters,
             items=items,
-            unknown_item_ids=unknown,
+            unknown_item_ids=prepared.unknown_item_ids,
             bundle_version=self.bundle.version,
-            timing=Timing(
-                encode_ms=(encoded - started) * 1e3, search_ms=(searched - encoded) * 1e3
-            ),
+            timing=Timing(encode_ms=encode_ms, search_ms=(time.perf_counter() - started) * 1e3),
         )
 
     def _resolve_k(self, k: int) -> int:
@@ -201,15 +255,6 @@ class RecommenderEngine:
                 )
             raise InvalidArgument("history_texts", "all texts are empty")
         return rows, unknown
-
-    def _user_vector(self, rows: Sequence[int], texts: Sequence[str]) -> np.ndarray:
-        """The sequence head's user vector if the bundle has one, else the encoded history text."""
-        head = self.bundle.head
-        if head is None:
-            return self.bundle.encoder.encode([self._render(rows, texts)])[0]
-        texts = [t for t in texts if t.strip()]
-        free = self.bundle.encoder.encode(texts) if texts else None
-        return head.user_vector(rows, free)
 
     def _render(self, rows: Sequence[int], texts: Sequence[str]) -> str:
         item_texts = [self.bundle.items[row].text for row in rows]

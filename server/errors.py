@@ -38,6 +38,12 @@ class Unavailable(IrecError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Overloaded(IrecError):
+    """The request queue is full; the caller should back off and retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class BundleError(IrecError):
     """A bundle is missing, corrupt or inconsistent; it is refused before it is served."""
 

@@ -17,7 +17,14 @@ from typing import TypeVar
 
 import grpc
 
-from server.engine import Recommendation, RecommenderEngine, RecommendQuery, RetrievalMode
+from server.batcher import MicroBatcher
+from server.engine import (
+    PreparedQuery,
+    Recommendation,
+    RecommenderEngine,
+    RecommendQuery,
+    RetrievalMode,
+)
 from server.errors import grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -30,9 +37,9 @@ _MODES = {
     pb.RETRIEVAL_MODE_ALL_ITEMS: RetrievalMode.ALL_ITEMS,
     pb.RETRIEVAL_MODE_CLUSTER: RetrievalMode.CLUSTER,
 }
-# Requests of one stream processed at once; more wait (gRPC flow control
-# then pushes back on the client).
-STREAM_IN_FLIGHT = 8
+# Requests of one stream processed at once (they batch with each other and with
+# unary calls); more wait, and gRPC flow control then pushes back on the client.
+STREAM_IN_FLIGHT = 64
 
 
 def to_query(request: pb.RecommendRequest) -> RecommendQuery:
@@ -74,9 +81,17 @@ def to_response(
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Implements recsys.v1.RecommenderService over a RecommenderEngine."""
 
-    def __init__(self, engine: RecommenderEngine, executor: Executor) -> None:
+    def __init__(
+        self,
+        engine: RecommenderEngine,
+        executor: Executor,
+        batcher: MicroBatcher[PreparedQuery] | None = None,
+        stream_in_flight: int = STREAM_IN_FLIGHT,
+    ) -> None:
         self.engine = engine
         self.executor = executor
+        self.batcher = batcher or MicroBatcher(engine.user_vectors, lambda q: q.cost, executor)
+        self.stream_in_flight = stream_in_flight
 
     async def _run(self, fn: Callable[[], T]) -> tuple[T, float]:
         """Run fn in the pool; return its result and the ms it waited for a thread."""
@@ -92,8 +107,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         arrived = time.perf_counter()
-        query = to_query(request)
-        result, queue_ms = await self._run(lambda: self.engine.recommend(query))
+        prepared = self.engine.prepare(to_query(request))
+        user, queue_ms, encode_ms = await self.batcher.submit(prepared)
+        result, _ = await self._run(lambda: self.engine.finish(prepared, user, encode_ms))
         return to_response(
             request.request_id, result, queue_ms, (time.perf_counter() - arrived) * 1e3
         )
@@ -136,7 +152,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 error=pb.Error(code=code.value[0], message=message),
             )
 
-        async for response in _stream(request_iterator, self._recommend, failed):
+        async for response in _stream(
+            request_iterator, self._recommend, failed, self.stream_in_flight
+        ):
             yield response
 
     async def EmbedStream(  # noqa: N802
@@ -153,7 +171,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 error=pb.Error(code=code.value[0], message=message),
             )
 
-        async for response in _stream(request_iterator, self._embed, failed):
+        async for response in _stream(request_iterator, self._embed, failed, self.stream_in_flight):
             yield response
 
     async def GetModelInfo(  # noqa: N802
@@ -204,10 +222,11 @@ async def _stream(
     requests: AsyncIterator[Req],
     handle: Callable[[Req], Awaitable[Resp]],
     failed: Callable[[Req, BaseException], Resp],
+    in_flight: int = STREAM_IN_FLIGHT,
 ) -> AsyncIterator[Resp]:
-    """Process up to STREAM_IN_FLIGHT requests of a stream at once; yield as each finishes."""
+    """Process up to `in_flight` requests of a stream at once; yield as each finishes."""
     done: asyncio.Queue[Resp | None] = asyncio.Queue()
-    slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+    slots = asyncio.Semaphore(in_flight)
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(request: Req) -> None:

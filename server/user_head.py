@@ -25,17 +25,25 @@ class UserHead:
 
     def user_vector(self, rows: Sequence[int], free_text: np.ndarray | None = None) -> np.ndarray:
         """User vector for item rows (oldest first) followed by free-text embeddings."""
-        # Items added after training have no ID embedding: they enter by text (ID 0).
-        ids = [row + 1 if row < self.trained_items else 0 for row in rows]
-        texts = [self.item_text[row] for row in rows]
-        if free_text is not None:
-            ids += [0] * len(free_text)
-            texts += list(free_text)
-        ids, texts = ids[-self.max_length :], texts[-self.max_length :]
-        item_ids = np.zeros((1, self.max_length), dtype=np.int64)
-        item_text = np.zeros((1, self.max_length, self.item_text.shape[1]), dtype=np.float32)
-        if ids:
-            item_ids[0, -len(ids) :] = ids
-            item_text[0, -len(texts) :] = np.stack(texts)
-        (user,) = self.session.run(["user"], {"item_ids": item_ids, "item_text": item_text})
-        return np.asarray(user[0], dtype=np.float32)
+        return self.user_vectors([(rows, free_text)])[0]
+
+    def user_vectors(
+        self, histories: Sequence[tuple[Sequence[int], np.ndarray | None]]
+    ) -> np.ndarray:
+        """User vectors [len(histories), dim] in one ONNX run."""
+        batch = len(histories)
+        item_ids = np.zeros((batch, self.max_length), dtype=np.int64)
+        item_text = np.zeros((batch, self.max_length, self.item_text.shape[1]), dtype=np.float32)
+        for b, (rows, free_text) in enumerate(histories):
+            # Items added after training have no ID embedding: they enter by text (ID 0).
+            ids = [row + 1 if row < self.trained_items else 0 for row in rows]
+            texts = [self.item_text[row] for row in rows]
+            if free_text is not None:
+                ids += [0] * len(free_text)
+                texts += list(free_text)
+            ids, texts = ids[-self.max_length :], texts[-self.max_length :]
+            if ids:
+                item_ids[b, -len(ids) :] = ids
+                item_text[b, -len(texts) :] = np.stack(texts)
+        (users,) = self.session.run(["user"], {"item_ids": item_ids, "item_text": item_text})
+        return np.asarray(users, dtype=np.float32)

@@ -69,6 +69,7 @@ class LiveServer:
 
     target: str
     port: int
+    running: object  # server.app.RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +83,7 @@ def live_server(bundle_dir: Path) -> Iterator[LiveServer]:
     thread.start()
     config = ServerConfig(bundle=bundle_dir, host="127.0.0.1", port=0, device="cpu")
     running = asyncio.run_coroutine_threadsafe(start_server(config), loop).result(timeout=60)
-    yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port)
+    yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port, running=running)
     asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(timeout=30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)

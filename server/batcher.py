@@ -1,0 +1,146 @@
+"""Micro-batching: concurrent requests (unary calls and stream messages alike) share one ONNX run.
+
+Callers ``await batcher.submit(item)``. A single collector task takes the first waiting
+item, then gathers more until ``max_batch`` items or ``max_wait_ms`` have passed, sorts the
+batch by cost (input length) and splits it into runs of similar length, so little
+compute is spent on padding, and runs each in the thread pool (never on the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from server.errors import Overloaded
+
+T = TypeVar("T")
+
+# Within one gathered batch, start a new ONNX run when the next input is this many
+# times longer than the shortest of the current run (padding would dominate).
+LENGTH_SPREAD = 2.0
+
+
+@dataclass
+class BatchStats:
+    """Counters for metrics and tests."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    def add(self, size: int) -> None:
+        """Record one ONNX run of `size` items (the last 1000 sizes are kept)."""
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.sizes = [*self.sizes[-999:], size]
+
+
+@dataclass
+class _Pending(Generic[T]):
+    item: T
+    cost: int
+    future: asyncio.Future[tuple[np.ndarray, float, float]]
+    enqueued: float
+
+
+class MicroBatcher(Generic[T]):
+    """Gathers items into batches for `run_batch(items) -> vectors [len(items), dim]`."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[T]], np.ndarray],
+        cost: Callable[[T], int],
+        executor: Executor,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+    ) -> None:
+        self.run_batch = run_batch
+        self.cost = cost
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1e3
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting to be batched."""
+        return self._queue.qsize()
+
+    async def submit(self, item: T) -> tuple[np.ndarray, float, float]:
+        """The item's vector, the ms it waited, and the ms its batch's run took."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._collect())
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"server overloaded: {self._queue.qsize()} requests waiting; retry")
+        future: asyncio.Future[tuple[np.ndarray, float, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(_Pending(item, self.cost(item), future, time.perf_counter()))
+        return await future
+
+    async def close(self) -> None:
+        """Stop the collector (pending callers get CancelledError)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            # Cancelled callers (deadline passed, client gone) cost nothing.
+            batch = [p for p in batch if not p.future.done()]
+            for group in _by_length(batch):
+                loop.create_task(self._run(group))
+
+    async def _run(self, group: list[_Pending[T]]) -> None:
+        started = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, [p.item for p in group]
+            )
+        except Exception as exc:  # one bad batch fails its callers, not the batcher
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        run_ms = (time.perf_counter() - started) * 1e3
+        self.stats.add(len(group))
+        for p, vector in zip(group, vectors, strict=True):
+            if not p.future.done():
+                p.future.set_result((vector, (started - p.enqueued) * 1e3, run_ms))
+
+
+def _by_length(batch: list[_Pending[T]]) -> list[list[_Pending[T]]]:
+    """Split a batch, sorted by cost, wherever the cost jumps past LENGTH_SPREAD."""
+    groups: list[list[_Pending[T]]] = []
+    for pending in sorted(batch, key=lambda p: p.cost):
+        if groups and pending.cost <= max(groups[-1][0].cost, 8) * LENGTH_SPREAD:
+            groups[-1].append(pending)
+        else:
+            groups.append([pending])
+    return groups
