@@ -44,6 +44,12 @@ class Overloaded(IrecError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(IrecError):
+    """The caller's deadline passed before the work was done; no further work is spent."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class BundleError(IrecError):
     """A bundle is missing, corrupt or inconsistent; it is refused before it is served."""
 

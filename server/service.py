@@ -25,7 +25,7 @@ from server.engine import (
     RecommendQuery,
     RetrievalMode,
 )
-from server.errors import grpc_status_for
+from server.errors import DeadlineExceeded, grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -105,10 +105,25 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         result = await asyncio.get_running_loop().run_in_executor(self.executor, timed)
         return result, (started[0] - submitted) * 1e3
 
-    async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+    async def _recommend(
+        self, request: pb.RecommendRequest, deadline: float | None = None
+    ) -> pb.RecommendResponse:
         arrived = time.perf_counter()
         prepared = self.engine.prepare(to_query(request))
-        user, queue_ms, encode_ms = await self.batcher.submit(prepared)
+        submitted = self.batcher.submit(prepared)
+        if deadline is None:
+            user, queue_ms, encode_ms = await submitted
+        else:
+            # A request still queued when its deadline passes is withdrawn (the batcher
+            # skips cancelled entries), so no encoder time goes to it.
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                submitted.close()
+                raise DeadlineExceeded("deadline passed before the request was encoded")
+            try:
+                user, queue_ms, encode_ms = await asyncio.wait_for(submitted, remaining)
+            except asyncio.TimeoutError as exc:
+                raise DeadlineExceeded("deadline passed while the request was queued") from exc
         result, _ = await self._run(lambda: self.engine.finish(prepared, user, encode_ms))
         return to_response(
             request.request_id, result, queue_ms, (time.perf_counter() - arrived) * 1e3
@@ -130,7 +145,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
         """Unary Recommend."""
-        return await _unary(self._recommend(request), context)
+        return await _unary(self._recommend(request, _deadline(context)), context)
 
     async def Embed(  # noqa: N802
         self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
@@ -201,6 +216,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             max_sequence_length=manifest.max_sequence_length,
             created_at=manifest.created_at,
         )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the perf_counter clock, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.perf_counter() + remaining
 
 
 async def _unary(work: Awaitable[T], context: grpc.aio.ServicerContext) -> T:

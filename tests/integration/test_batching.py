@@ -56,3 +56,14 @@ def test_one_long_stream_is_batched(live_server):
     assert all(len(r.items) == 3 for r in responses)
     runs = batcher.stats.batches - before
     assert runs < 500, f"1000 stream messages took {runs} encoder runs"
+
+
+def test_an_expired_deadline_is_deadline_exceeded_and_the_server_goes_on(live_server):
+    import pytest
+
+    with grpc.insecure_channel(live_server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=3), timeout=0.0001)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=3), timeout=30).items

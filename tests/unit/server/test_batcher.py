@@ -106,3 +106,25 @@ def test_head_batch_equals_single(size, tmp_path):
     batched = head.user_vectors(histories)
     single = np.stack([head.user_vector(rows) for rows, _ in histories])
     np.testing.assert_allclose(batched, single)
+
+
+def test_a_withdrawn_request_costs_no_encoder_time():
+    seen = []
+
+    def run_batch(items):
+        seen.extend(items)
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch, lambda i: 1, ThreadPoolExecutor(1), max_batch=8, max_wait_ms=50
+        )
+        doomed = asyncio.ensure_future(batcher.submit("late"))
+        kept = asyncio.ensure_future(batcher.submit("kept"))
+        await asyncio.sleep(0.005)
+        doomed.cancel()  # e.g. its deadline passed or the client went away
+        await kept
+        await batcher.close()
+
+    run(scenario())
+    assert seen == ["kept"]
