@@ -12,20 +12,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.batcher import MicroBatcher
-from server.bundle import load_bundle
 from server.config import ServerConfig
-from server.engine import Limits, PreparedQuery, RecommenderEngine
+from server.engine import PreparedQuery, RecommenderEngine
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.service import RecommenderServicer
+from server.service import RecommenderAdminServicer, RecommenderServicer
+from server.serving import ServingState
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
 
 
 class RunningServer:
-    """A started server, the port it got, and what must be closed with it."""
+    """A started server, the port it got, and what it serves."""
 
     def __init__(
         self,
@@ -33,32 +34,41 @@ class RunningServer:
         port: int,
         health_servicer: health.aio.HealthServicer,
         executor: ThreadPoolExecutor,
-        engine: RecommenderEngine,
-        batcher: MicroBatcher[PreparedQuery],
+        state: ServingState,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self.executor = executor
-        self.engine = engine
-        self.batcher = batcher
+        self.state = state
+
+    @property
+    def engine(self) -> RecommenderEngine:
+        """The engine of the bundle served now."""
+        return self.state.current().engine
+
+    @property
+    def batcher(self) -> MicroBatcher[PreparedQuery]:
+        """The batcher of the bundle served now."""
+        return self.state.current().batcher
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, drain in-flight calls for grace_s, then close the pool."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        await self.batcher.close()
+        await self.state.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
-    """Load the bundle (refusing a bad one before binding), then bind and start.
+    """Bind and start, then load and warm the bundle; readiness follows the bundle.
 
-    Binding port 0 picks a free port; the port the server got is returned, so
-    tests never race on a port chosen in advance.
+    Health: the whole server ("") is SERVING as soon as it listens (liveness does not
+    depend on the model); `recsys.v1.RecommenderService` is NOT_SERVING until the
+    bundle is loaded and warmed, and again while draining. A bad bundle at start
+    stops the server and raises BundleError. Binding port 0 picks a free port; the
+    port the server got is returned, so tests never race on a port chosen in advance.
     """
-    bundle = load_bundle(config.bundle, config.device, config.intra_op_threads)
-    engine = RecommenderEngine(bundle, Limits(max_k=config.max_k))
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="irec-engine")
     max_bytes = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
@@ -67,29 +77,31 @@ async def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    batcher = MicroBatcher(
-        engine.user_vectors,
-        lambda q: q.cost,
-        executor,
-        max_batch=config.max_batch,
-        max_wait_ms=config.max_wait_ms,
-        max_queue=config.max_queue,
-    )
+    state = ServingState(config, executor)
     pb_grpc.add_RecommenderServiceServicer_to_server(
-        RecommenderServicer(engine, executor, batcher, config.stream_in_flight), server
+        RecommenderServicer(state, executor, config.stream_in_flight), server
     )
+    pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, executor, engine, batcher)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, health_servicer, executor, state)
+    try:
+        await state.load(config.bundle)
+    except BaseException:
+        await server.stop(0)
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return running
 
 
 async def serve(config: ServerConfig) -> None:

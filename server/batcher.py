@@ -72,6 +72,7 @@ class MicroBatcher(Generic[T]):
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._running = 0
 
     @property
     def depth(self) -> int:
@@ -89,6 +90,13 @@ class MicroBatcher(Generic[T]):
         )
         self._queue.put_nowait(_Pending(item, self.cost(item), future, time.perf_counter()))
         return await future
+
+    async def drain_and_close(self, timeout_s: float = 30.0) -> None:
+        """After a swap: let queued and running work finish, then stop."""
+        deadline = time.perf_counter() + timeout_s
+        while (self._queue.qsize() or self._running) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        await self.close()
 
     async def close(self) -> None:
         """Stop the collector (pending callers get CancelledError)."""
@@ -119,6 +127,7 @@ class MicroBatcher(Generic[T]):
 
     async def _run(self, group: list[_Pending[T]]) -> None:
         started = time.perf_counter()
+        self._running += 1
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.run_batch, [p.item for p in group]
@@ -128,6 +137,8 @@ class MicroBatcher(Generic[T]):
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        finally:
+            self._running -= 1
         run_ms = (time.perf_counter() - started) * 1e3
         self.stats.add(len(group))
         for p, vector in zip(group, vectors, strict=True):

@@ -13,21 +13,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
-from server.batcher import MicroBatcher
-from server.engine import (
-    PreparedQuery,
-    Recommendation,
-    RecommenderEngine,
-    RecommendQuery,
-    RetrievalMode,
-)
-from server.errors import DeadlineExceeded, grpc_status_for
+from server.engine import Recommendation, RecommendQuery, RetrievalMode
+from server.errors import DeadlineExceeded, InvalidArgument, grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.serving import ServingState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,14 +78,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     def __init__(
         self,
-        engine: RecommenderEngine,
+        state: ServingState,
         executor: Executor,
-        batcher: MicroBatcher[PreparedQuery] | None = None,
         stream_in_flight: int = STREAM_IN_FLIGHT,
     ) -> None:
-        self.engine = engine
+        self.state = state
         self.executor = executor
-        self.batcher = batcher or MicroBatcher(engine.user_vectors, lambda q: q.cost, executor)
         self.stream_in_flight = stream_in_flight
 
     async def _run(self, fn: Callable[[], T]) -> tuple[T, float]:
@@ -109,8 +102,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.RecommendRequest, deadline: float | None = None
     ) -> pb.RecommendResponse:
         arrived = time.perf_counter()
-        prepared = self.engine.prepare(to_query(request))
-        submitted = self.batcher.submit(prepared)
+        # One bundle from start to end, even if a reload swaps another in meanwhile.
+        loaded = self.state.current()
+        engine = loaded.engine
+        prepared = engine.prepare(to_query(request))
+        submitted = loaded.batcher.submit(prepared)
         if deadline is None:
             user, queue_ms, encode_ms = await submitted
         else:
@@ -124,7 +120,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 user, queue_ms, encode_ms = await asyncio.wait_for(submitted, remaining)
             except asyncio.TimeoutError as exc:
                 raise DeadlineExceeded("deadline passed while the request was queued") from exc
-        result, _ = await self._run(lambda: self.engine.finish(prepared, user, encode_ms))
+        result, _ = await self._run(lambda: engine.finish(prepared, user, encode_ms))
         return to_response(
             request.request_id, result, queue_ms, (time.perf_counter() - arrived) * 1e3
         )
@@ -132,12 +128,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def _embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
         arrived = time.perf_counter()
         texts = list(request.texts)
-        vectors, queue_ms = await self._run(lambda: self.engine.embed(texts))
+        engine = self.state.current().engine
+        vectors, queue_ms = await self._run(lambda: engine.embed(texts))
         return pb.EmbedResponse(
             request_id=request.request_id,
             embeddings=[pb.Embedding(values=v.tolist()) for v in vectors],
             dimension=int(vectors.shape[1]),
-            bundle_version=self.engine.bundle.version,
+            bundle_version=engine.bundle.version,
             timing=pb.Timing(queue_ms=queue_ms, total_ms=(time.perf_counter() - arrived) * 1e3),
         )
 
@@ -193,7 +190,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         """What is loaded."""
-        bundle = self.engine.bundle
+        return await _unary(self._model_info(), context)
+
+    async def _model_info(self) -> pb.ModelInfo:
+        engine = self.state.current().engine
+        bundle = engine.bundle
         manifest = bundle.manifest
         return pb.ModelInfo(
             bundle_version=manifest.bundle_version,
@@ -212,9 +213,32 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             quantization=manifest.quantization,
             encoder_variant=bundle.encoder.variant,
             providers=bundle.encoder.providers,
-            max_k=self.engine.max_k,
+            max_k=engine.max_k,
             max_sequence_length=manifest.max_sequence_length,
             created_at=manifest.created_at,
+        )
+
+
+class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
+    """Implements recsys.v1.RecommenderAdmin: bundle reloads."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def ReloadBundle(  # noqa: N802
+        self, request: pb.ReloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadBundleResponse:
+        """Load, verify, warm and swap in another bundle."""
+        return await _unary(self._reload(request), context)
+
+    async def _reload(self, request: pb.ReloadBundleRequest) -> pb.ReloadBundleResponse:
+        if not request.path.strip():
+            raise InvalidArgument("path", "empty: give the bundle folder")
+        new, old, load_ms = await self.state.load(Path(request.path))
+        return pb.ReloadBundleResponse(
+            bundle_version=new.version,
+            previous_bundle_version=old.version if old else "",
+            load_ms=load_ms,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,18 +73,27 @@ class LiveServer:
     running: object  # server.app.RunningServer
 
 
-@pytest.fixture(scope="session")
-def live_server(bundle_dir: Path) -> Iterator[LiveServer]:
-    """The real grpc.aio server on 127.0.0.1:0, in a background event loop."""
+@contextmanager
+def background_server(bundle: Path, **options: object) -> Iterator[LiveServer]:
+    """The real grpc.aio server on 127.0.0.1:0, in its own event-loop thread."""
     from server.app import start_server
     from server.config import ServerConfig
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    config = ServerConfig(bundle=bundle_dir, host="127.0.0.1", port=0, device="cpu")
+    config = ServerConfig(bundle=bundle, host="127.0.0.1", port=0, device="cpu", **options)  # type: ignore[arg-type]
     running = asyncio.run_coroutine_threadsafe(start_server(config), loop).result(timeout=60)
-    yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port, running=running)
-    asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(timeout=30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
+    try:
+        yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port, running=running)
+    finally:
+        asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(bundle_dir: Path) -> Iterator[LiveServer]:
+    """The session's shared server over the tiny bundle."""
+    with background_server(bundle_dir) as server:
+        yield server

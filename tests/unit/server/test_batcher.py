@@ -128,3 +128,14 @@ def test_a_withdrawn_request_costs_no_encoder_time():
 
     run(scenario())
     assert seen == ["kept"]
+
+
+def test_not_ready_is_unavailable(tmp_path):
+    from server.config import ServerConfig
+    from server.errors import Unavailable
+    from server.serving import ServingState
+
+    state = ServingState(ServerConfig(bundle=tmp_path), ThreadPoolExecutor(1))
+    assert not state.ready
+    with pytest.raises(Unavailable, match="not ready"):
+        state.current()

@@ -24,39 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xbc\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x15\n\rhistory_texts\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x1a\n\x12include_seen_items\x18\x05 \x01(\x08\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.recsys.v1.RetrievalMode\x12\x14\n\x0cnum_clusters\x18\x07 \x01(\x05\"F\n\x0c\x43lusterScore\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"R\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tencode_ms\x18\x02 \x01(\x02\x12\x11\n\tsearch_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xee\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x17.recsys.v1.ClusterScore\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x18\n\x10unknown_item_ids\x18\x06 \x03(\t\x12\x1f\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.recsys.v1.Error\"1\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xbc\x01\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.recsys.v1.Embedding\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.recsys.v1.Error\"\x15\n\x13GetModelInfoRequest\"W\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\"\x89\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12(\n\x08\x63lusters\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x05\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x0b \x01(\t*i\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRIEVAL_MODE_ALL_ITEMS\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_CLUSTER\x10\x02\x32\xf6\x02\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x0fRecommendStream\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse(\x01\x30\x01\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse\x12\x44\n\x0b\x45mbedStream\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"#\n\x13ReloadBundleRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"`\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x1f\n\x17previous_bundle_version\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x02\"\xbc\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x15\n\rhistory_texts\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x1a\n\x12include_seen_items\x18\x05 \x01(\x08\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.recsys.v1.RetrievalMode\x12\x14\n\x0cnum_clusters\x18\x07 \x01(\x05\"F\n\x0c\x43lusterScore\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"R\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tencode_ms\x18\x02 \x01(\x02\x12\x11\n\tsearch_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xee\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x17.recsys.v1.ClusterScore\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x18\n\x10unknown_item_ids\x18\x06 \x03(\t\x12\x1f\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.recsys.v1.Error\"1\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xbc\x01\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.recsys.v1.Embedding\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.recsys.v1.Error\"\x15\n\x13GetModelInfoRequest\"W\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\"\x89\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12(\n\x08\x63lusters\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x05\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x0b \x01(\t*i\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRIEVAL_MODE_ALL_ITEMS\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_CLUSTER\x10\x02\x32\xf6\x02\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x0fRecommendStream\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse(\x01\x30\x01\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse\x12\x44\n\x0b\x45mbedStream\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfo2c\n\x10RecommenderAdmin\x12O\n\x0cReloadBundle\x12\x1e.recsys.v1.ReloadBundleRequest\x1a\x1f.recsys.v1.ReloadBundleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RETRIEVALMODE']._serialized_start=1382
-  _globals['_RETRIEVALMODE']._serialized_end=1487
-  _globals['_RECOMMENDREQUEST']._serialized_start=43
-  _globals['_RECOMMENDREQUEST']._serialized_end=231
-  _globals['_CLUSTERSCORE']._serialized_start=233
-  _globals['_CLUSTERSCORE']._serialized_end=303
-  _globals['_SCOREDITEM']._serialized_start=305
-  _globals['_SCOREDITEM']._serialized_end=364
-  _globals['_TIMING']._serialized_start=366
-  _globals['_TIMING']._serialized_end=448
-  _globals['_ERROR']._serialized_start=450
-  _globals['_ERROR']._serialized_end=488
-  _globals['_RECOMMENDRESPONSE']._serialized_start=491
-  _globals['_RECOMMENDRESPONSE']._serialized_end=729
-  _globals['_EMBEDREQUEST']._serialized_start=731
-  _globals['_EMBEDREQUEST']._serialized_end=780
-  _globals['_EMBEDDING']._serialized_start=782
-  _globals['_EMBEDDING']._serialized_end=809
-  _globals['_EMBEDRESPONSE']._serialized_start=812
-  _globals['_EMBEDRESPONSE']._serialized_end=1000
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1002
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1023
-  _globals['_CLUSTERINFO']._serialized_start=1025
-  _globals['_CLUSTERINFO']._serialized_end=1112
-  _globals['_MODELINFO']._serialized_start=1115
-  _globals['_MODELINFO']._serialized_end=1380
-  _globals['_RECOMMENDERSERVICE']._serialized_start=1490
-  _globals['_RECOMMENDERSERVICE']._serialized_end=1864
+  _globals['_RETRIEVALMODE']._serialized_start=1517
+  _globals['_RETRIEVALMODE']._serialized_end=1622
+  _globals['_RELOADBUNDLEREQUEST']._serialized_start=42
+  _globals['_RELOADBUNDLEREQUEST']._serialized_end=77
+  _globals['_RELOADBUNDLERESPONSE']._serialized_start=79
+  _globals['_RELOADBUNDLERESPONSE']._serialized_end=175
+  _globals['_RECOMMENDREQUEST']._serialized_start=178
+  _globals['_RECOMMENDREQUEST']._serialized_end=366
+  _globals['_CLUSTERSCORE']._serialized_start=368
+  _globals['_CLUSTERSCORE']._serialized_end=438
+  _globals['_SCOREDITEM']._serialized_start=440
+  _globals['_SCOREDITEM']._serialized_end=499
+  _globals['_TIMING']._serialized_start=501
+  _globals['_TIMING']._serialized_end=583
+  _globals['_ERROR']._serialized_start=585
+  _globals['_ERROR']._serialized_end=623
+  _globals['_RECOMMENDRESPONSE']._serialized_start=626
+  _globals['_RECOMMENDRESPONSE']._serialized_end=864
+  _globals['_EMBEDREQUEST']._serialized_start=866
+  _globals['_EMBEDREQUEST']._serialized_end=915
+  _globals['_EMBEDDING']._serialized_start=917
+  _globals['_EMBEDDING']._serialized_end=944
+  _globals['_EMBEDRESPONSE']._serialized_start=947
+  _globals['_EMBEDRESPONSE']._serialized_end=1135
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1137
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1158
+  _globals['_CLUSTERINFO']._serialized_start=1160
+  _globals['_CLUSTERINFO']._serialized_end=1247
+  _globals['_MODELINFO']._serialized_start=1250
+  _globals['_MODELINFO']._serialized_end=1515
+  _globals['_RECOMMENDERSERVICE']._serialized_start=1625
+  _globals['_RECOMMENDERSERVICE']._serialized_end=1999
+  _globals['_RECOMMENDERADMIN']._serialized_start=2001
+  _globals['_RECOMMENDERADMIN']._serialized_end=2100
 # @@protoc_insertion_point(module_scope)

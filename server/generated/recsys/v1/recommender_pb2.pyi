@@ -16,6 +16,22 @@ RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_ALL_ITEMS: RetrievalMode
 RETRIEVAL_MODE_CLUSTER: RetrievalMode
 
+class ReloadBundleRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class ReloadBundleResponse(_message.Message):
+    __slots__ = ("bundle_version", "previous_bundle_version", "load_ms")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    previous_bundle_version: str
+    load_ms: float
+    def __init__(self, bundle_version: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., load_ms: _Optional[float] = ...) -> None: ...
+
 class RecommendRequest(_message.Message):
     __slots__ = ("request_id", "history_item_ids", "history_texts", "k", "include_seen_items", "mode", "num_clusters")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

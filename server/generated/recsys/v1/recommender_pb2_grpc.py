@@ -277,3 +277,81 @@ class RecommenderService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RecommenderAdminStub:
+    """Operations on a running server. Expose it only to operators.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadBundle = channel.unary_unary(
+                '/recsys.v1.RecommenderAdmin/ReloadBundle',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.FromString,
+                _registered_method=True)
+
+
+class RecommenderAdminServicer:
+    """Operations on a running server. Expose it only to operators.
+    """
+
+    def ReloadBundle(self, request, context):
+        """Load, verify and warm a bundle beside the served one, then swap it in;
+        in-flight requests finish on the old bundle. A bad bundle is refused
+        (FAILED_PRECONDITION) and the old one keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecommenderAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadBundle,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recsys.v1.RecommenderAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recsys.v1.RecommenderAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RecommenderAdmin:
+    """Operations on a running server. Expose it only to operators.
+    """
+
+    @staticmethod
+    def ReloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RecommenderAdmin/ReloadBundle',
+            recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

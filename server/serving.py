@@ -1,0 +1,105 @@
+"""What is served right now, and how it is replaced without dropping a request.
+
+A :class:`Loaded` pairs an engine with its batcher. Each RPC takes the current one once
+and uses it to the end, so a reload that swaps in a new one lets in-flight requests
+finish on the old bundle; the old batcher drains and stops after the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.batcher import MicroBatcher
+from server.bundle import load_bundle
+from server.config import ServerConfig
+from server.engine import Limits, PreparedQuery, RecommenderEngine, RecommendQuery
+from server.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded, warmed bundle with the batcher that feeds its encoder."""
+
+    engine: RecommenderEngine
+    batcher: MicroBatcher[PreparedQuery]
+
+    @property
+    def version(self) -> str:
+        """The bundle version being served."""
+        return self.engine.bundle.version
+
+
+def load_engine(path: Path, config: ServerConfig) -> RecommenderEngine:
+    """Load and verify a bundle, then warm it (first ONNX runs allocate); blocking."""
+    bundle = load_bundle(path, config.device, config.intra_op_threads)
+    engine = RecommenderEngine(bundle, Limits(max_k=config.max_k))
+    ids = [item.item_id for item in bundle.items[:8]]
+    for size in (1, min(8, config.max_batch), config.max_batch):
+        queries = [engine.prepare(RecommendQuery(history_item_ids=ids, k=5))] * size
+        users = engine.user_vectors(queries)
+        engine.finish(queries[0], users[0])
+    return engine
+
+
+class ServingState:
+    """Holds the current Loaded; swaps are atomic (one reference assignment)."""
+
+    def __init__(self, config: ServerConfig, executor: Executor) -> None:
+        self.config = config
+        self.executor = executor
+        self._loaded: Loaded | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Whether a bundle is loaded and warmed."""
+        return self._loaded is not None
+
+    def current(self) -> Loaded:
+        """The served bundle, or UNAVAILABLE while none is loaded."""
+        loaded = self._loaded
+        if loaded is None:
+            raise Unavailable("not ready: the bundle is still loading")
+        return loaded
+
+    async def load(self, path: Path) -> tuple[Loaded, Loaded | None, float]:
+        """Load `path` off the event loop, swap it in; returns (new, old, load ms).
+
+        Raises BundleError (nothing changes) when the bundle is bad.
+        """
+        async with self._reload_lock:
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            engine = await loop.run_in_executor(None, load_engine, path, self.config)
+            batcher = MicroBatcher(
+                engine.user_vectors,
+                lambda q: q.cost,
+                self.executor,
+                max_batch=self.config.max_batch,
+                max_wait_ms=self.config.max_wait_ms,
+                max_queue=self.config.max_queue,
+            )
+            new = Loaded(engine, batcher)
+            old, self._loaded = self._loaded, new
+            load_ms = (time.perf_counter() - started) * 1e3
+            log.info(
+                "serving bundle %s (was %s), loaded in %.0f ms",
+                new.version,
+                old.version if old else "none",
+                load_ms,
+            )
+            if old is not None:
+                loop.create_task(old.batcher.drain_and_close())
+            return new, old, load_ms
+
+    async def close(self) -> None:
+        """Stop the current batcher."""
+        if self._loaded is not None:
+            await self._loaded.batcher.close()

@@ -1,0 +1,78 @@
+"""Zero-downtime reload through the admin RPC, under continuous load; a bad bundle is refused."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.generated.recsys.v1 import recommender_pb2 as pb
+from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from tests.conftest import background_server
+
+
+@pytest.fixture(scope="module")
+def second_bundle(trained_run, tmp_path_factory):
+    from export.bundle_writer import ExportOptions, export_run
+
+    out = tmp_path_factory.mktemp("v2") / "bundle"
+    export_run(trained_run, out, ExportOptions(version="v2", fp16=False))
+    return out
+
+
+def test_reload_under_load_drops_no_request_and_refuses_a_bad_bundle(
+    bundle_dir, second_bundle, tmp_path
+):
+    broken = tmp_path / "broken"
+    shutil.copytree(second_bundle, broken)
+    (broken / "items.jsonl").write_text("tampered\n")
+    with background_server(bundle_dir) as server, grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        admin = pb_grpc.RecommenderAdminStub(channel)
+        first = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+        versions, errors, stop = [], [], threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    r = stub.Recommend(
+                        pb.RecommendRequest(history_item_ids=["1", "2"], k=3), timeout=30
+                    )
+                    versions.append(r.bundle_version)
+                except grpc.RpcError as exc:  # any failure is a dropped request
+                    errors.append(exc.code())
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        answer = admin.ReloadBundle(pb.ReloadBundleRequest(path=str(second_bundle)))
+        assert answer.bundle_version == "v2" and answer.previous_bundle_version == first
+        with pytest.raises(grpc.RpcError) as info:
+            admin.ReloadBundle(pb.ReloadBundleRequest(path=str(broken)))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "items.jsonl" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            admin.ReloadBundle(pb.ReloadBundleRequest(path=""))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        count = len(versions)
+        while len(versions) < count + 20:
+            pass
+        stop.set()
+        for w in workers:
+            w.join()
+        assert errors == []
+        assert first in versions and "v2" in versions
+        assert versions[-1] == "v2"  # the bad bundle did not replace the good one
+        assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == "v2"
+
+
+def test_readiness_is_separate_from_liveness(bundle_dir):
+    with background_server(bundle_dir) as server, grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "recsys.v1.RecommenderService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        assert server.running.state.ready
