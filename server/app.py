@@ -16,6 +16,7 @@ from server.config import ServerConfig
 from server.engine import PreparedQuery, RecommenderEngine
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.metrics import Metrics
 from server.service import RecommenderAdminServicer, RecommenderServicer
 from server.serving import ServingState
 
@@ -41,6 +42,7 @@ class RunningServer:
         self.health = health_servicer
         self.executor = executor
         self.state = state
+        self.metrics_port: int | None = None
 
     @property
     def engine(self) -> RecommenderEngine:
@@ -77,7 +79,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    state = ServingState(config, executor)
+    metrics = Metrics()
+    state = ServingState(config, executor, metrics)
     pb_grpc.add_RecommenderServiceServicer_to_server(
         RecommenderServicer(state, executor, config.stream_in_flight), server
     )
@@ -94,6 +97,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, health_servicer, executor, state)
+    if config.metrics_port is not None:
+        running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
     try:
         await state.load(config.bundle)
     except BaseException:

@@ -62,6 +62,7 @@ class MicroBatcher(Generic[T]):
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         max_queue: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.cost = cost
@@ -70,6 +71,7 @@ class MicroBatcher(Generic[T]):
         self.max_wait_s = max_wait_ms / 1e3
         self.max_queue = max_queue
         self.stats = BatchStats()
+        self.on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._running = 0
@@ -141,6 +143,8 @@ class MicroBatcher(Generic[T]):
             self._running -= 1
         run_ms = (time.perf_counter() - started) * 1e3
         self.stats.add(len(group))
+        if self.on_batch is not None:
+            self.on_batch(len(group))
         for p, vector in zip(group, vectors, strict=True):
             if not p.future.done():
                 p.future.set_result((vector, (started - p.enqueued) * 1e3, run_ms))

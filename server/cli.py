@@ -170,6 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--max-batch", type=int, default=32, help="requests gathered into one encoder run")
     a.add("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
     a.add("--max-queue", type=int, default=1024, help="waiting requests before RESOURCE_EXHAUSTED")
+    a.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     a.add("--log-level", default="INFO", help="logging level")
 
     p = sub.add_parser("query", help="send Recommend requests to a running server")
@@ -300,6 +301,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_batch=args.max_batch,
                 max_wait_ms=args.max_wait_ms,
                 max_queue=args.max_queue,
+                metrics_port=args.metrics_port,
                 port_file=args.port_file,
             )
         )

@@ -24,3 +24,4 @@ class ServerConfig:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
     stream_in_flight: int = 64  # messages of one stream processed at once
+    metrics_port: int | None = None  # Prometheus /metrics side port (None = off, 0 = any)

@@ -99,7 +99,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return result, (started[0] - submitted) * 1e3
 
     async def _recommend(
-        self, request: pb.RecommendRequest, deadline: float | None = None
+        self, request: pb.RecommendRequest, deadline: float | None = None, rpc: str = "Recommend"
     ) -> pb.RecommendResponse:
         arrived = time.perf_counter()
         # One bundle from start to end, even if a reload swaps another in meanwhile.
@@ -121,9 +121,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             except asyncio.TimeoutError as exc:
                 raise DeadlineExceeded("deadline passed while the request was queued") from exc
         result, _ = await self._run(lambda: engine.finish(prepared, user, encode_ms))
-        return to_response(
-            request.request_id, result, queue_ms, (time.perf_counter() - arrived) * 1e3
+        total_ms = (time.perf_counter() - arrived) * 1e3
+        self.state.metrics.observe_stages(
+            rpc,
+            queue=queue_ms,
+            encode=encode_ms,
+            search=result.timing.search_ms,
+            total=total_ms,
         )
+        return to_response(request.request_id, result, queue_ms, total_ms)
 
     async def _embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
         arrived = time.perf_counter()
@@ -142,13 +148,19 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
         """Unary Recommend."""
-        return await _unary(self._recommend(request, _deadline(context)), context)
+        return await _unary(
+            self._recommend(request, _deadline(context)), context, self._counter("Recommend")
+        )
+
+    def _counter(self, rpc: str) -> Callable[[str], None]:
+        """Counts one call of `rpc` by status code name."""
+        return lambda code: self.state.metrics.requests.labels(rpc=rpc, code=code).inc()
 
     async def Embed(  # noqa: N802
         self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedResponse:
         """Unary Embed."""
-        return await _unary(self._embed(request), context)
+        return await _unary(self._embed(request), context, self._counter("Embed"))
 
     async def RecommendStream(  # noqa: N802
         self,
@@ -164,9 +176,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 error=pb.Error(code=code.value[0], message=message),
             )
 
-        async for response in _stream(
-            request_iterator, self._recommend, failed, self.stream_in_flight
-        ):
+        async def one(request: pb.RecommendRequest) -> pb.RecommendResponse:
+            return await self._recommend(request, rpc="RecommendStream")
+
+        async for response in _stream(request_iterator, one, failed, self.stream_in_flight):
+            code = grpc.StatusCode.OK.name
+            if response.HasField("error"):
+                code = _code_name(response.error.code)
+            self.state.metrics.requests.labels(rpc="RecommendStream", code=code).inc()
             yield response
 
     async def EmbedStream(  # noqa: N802
@@ -242,21 +259,39 @@ class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
         )
 
 
+def _code_name(value: int) -> str:
+    return next((c.name for c in grpc.StatusCode if c.value[0] == value), "UNKNOWN")
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline on the perf_counter clock, or None."""
     remaining = context.time_remaining()
     return None if remaining is None else time.perf_counter() + remaining
 
 
-async def _unary(work: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
+async def _unary(
+    work: Awaitable[T],
+    context: grpc.aio.ServicerContext,
+    count: Callable[[str], None] | None = None,
+) -> T:
+    """Await the work; map any error through the one table and abort with it."""
     try:
-        return await work
+        result = await work
+    except asyncio.CancelledError:
+        if count is not None:
+            count(grpc.StatusCode.CANCELLED.name)
+        raise
     except Exception as exc:
         code, message = grpc_status_for(exc)
         if code is grpc.StatusCode.INTERNAL:
             log.exception("internal error")
+        if count is not None:
+            count(code.name)
         await context.abort(code, message)
         raise  # unreachable: abort raises
+    if count is not None:
+        count(grpc.StatusCode.OK.name)
+    return result
 
 
 Req = TypeVar("Req")

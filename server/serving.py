@@ -19,6 +19,7 @@ from server.bundle import load_bundle
 from server.config import ServerConfig
 from server.engine import Limits, PreparedQuery, RecommenderEngine, RecommendQuery
 from server.errors import Unavailable
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,13 @@ def load_engine(path: Path, config: ServerConfig) -> RecommenderEngine:
 class ServingState:
     """Holds the current Loaded; swaps are atomic (one reference assignment)."""
 
-    def __init__(self, config: ServerConfig, executor: Executor) -> None:
+    def __init__(
+        self, config: ServerConfig, executor: Executor, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.executor = executor
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_queue(lambda: self._loaded.batcher.depth if self._loaded else 0)
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
 
@@ -85,9 +90,11 @@ class ServingState:
                 max_batch=self.config.max_batch,
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue=self.config.max_queue,
+                on_batch=self.metrics.batch_size.observe,
             )
             new = Loaded(engine, batcher)
             old, self._loaded = self._loaded, new
+            self.metrics.serving(new.version)
             load_ms = (time.perf_counter() - started) * 1e3
             log.info(
                 "serving bundle %s (was %s), loaded in %.0f ms",
