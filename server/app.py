@@ -17,6 +17,7 @@ from server.engine import PreparedQuery, RecommenderEngine
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.metrics import Metrics
+from server.security import BearerTokenInterceptor, server_credentials
 from server.service import RecommenderAdminServicer, RecommenderServicer
 from server.serving import ServingState
 
@@ -73,11 +74,13 @@ async def start_server(config: ServerConfig) -> RunningServer:
     """
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="irec-engine")
     max_bytes = config.max_message_mb * 1024 * 1024
+    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-        ]
+        ],
     )
     metrics = Metrics()
     state = ServingState(config, executor, metrics)
@@ -90,7 +93,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        port = server.add_secure_port(address, credentials)
+    elif config.tls_cert is not None or config.tls_key is not None or config.tls_client_ca:
+        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -171,6 +171,10 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
     a.add("--max-queue", type=int, default=1024, help="waiting requests before RESOURCE_EXHAUSTED")
     a.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
+    a.add("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key turns TLS on")
+    a.add("--tls-key", type=Path, help="server private key (PEM)")
+    a.add("--tls-client-ca", type=Path, help="CA of client certificates: mutual TLS")
+    a.add("--auth-token", help="bearer token every non-health call must carry")
     a.add("--log-level", default="INFO", help="logging level")
 
     p = sub.add_parser("query", help="send Recommend requests to a running server")
@@ -190,6 +194,10 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--info", action="store_true", help="print GetModelInfo and exit")
     a.add("--json", action="store_true", help="print responses as JSON")
     a.add("--timeout", type=float, default=30.0, help="seconds per call")
+    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
+    a.add("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    a.add("--tls-key", type=Path, help="client private key for mutual TLS")
+    a.add("--token", help="bearer token")
 
     p = sub.add_parser(
         "demo", help="the whole path on the built-in demo data: train → export → serve → query"
@@ -302,6 +310,10 @@ def _serve(args: argparse.Namespace) -> int:
                 max_wait_ms=args.max_wait_ms,
                 max_queue=args.max_queue,
                 metrics_port=args.metrics_port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                tls_client_ca=args.tls_client_ca,
+                auth_token=args.auth_token,
                 port_file=args.port_file,
             )
         )
@@ -321,7 +333,9 @@ def _query(args: argparse.Namespace) -> int:
             print(label)
             print(format_response(response))
 
-    with RecommenderClient(args.target, args.timeout) as client:
+    with RecommenderClient(
+        args.target, args.timeout, args.tls_ca, args.tls_cert, args.tls_key, args.token
+    ) as client:
         if args.info:
             print(json.dumps(MessageToDict(client.info()), indent=1))
             return 0

@@ -10,6 +10,7 @@ import grpc
 
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.security import channel_credentials
 
 MODES = {
     "default": pb.RETRIEVAL_MODE_UNSPECIFIED,
@@ -75,13 +76,47 @@ def read_stream_file(path: Path, k: int) -> list[pb.RecommendRequest]:
     return requests
 
 
-class RecommenderClient:
-    """Thin blocking client over one channel."""
+# Retry UNAVAILABLE (server starting, draining, or a replica gone) with backoff,
+# through gRPC's own retry support.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "recsys.v1.RecommenderService"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+
+class RecommenderClient:
+    """Blocking client over one channel: TLS / mTLS and a bearer token by option, retries."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 30.0,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        options = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if tls_ca or tls_cert:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self.channel = grpc.secure_channel(target, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
     def __enter__(self) -> RecommenderClient:
         return self
@@ -95,17 +130,21 @@ class RecommenderClient:
 
     def recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         """Unary Recommend."""
-        return self.stub.Recommend(request, timeout=self.timeout_s)
+        return self.stub.Recommend(request, timeout=self.timeout_s, metadata=self.metadata)
 
     def recommend_stream(
         self, requests: Iterable[pb.RecommendRequest]
     ) -> Iterator[pb.RecommendResponse]:
         """Bidirectional RecommendStream."""
-        return self.stub.RecommendStream(iter(requests), timeout=self.timeout_s)
+        return self.stub.RecommendStream(
+            iter(requests), timeout=self.timeout_s, metadata=self.metadata
+        )
 
     def info(self) -> pb.ModelInfo:
         """GetModelInfo."""
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout_s)
+        return self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
 
 
 def format_response(response: pb.RecommendResponse, indent: str = "  ") -> str:

@@ -25,3 +25,7 @@ class ServerConfig:
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
     stream_in_flight: int = 64  # messages of one stream processed at once
     metrics_port: int | None = None  # Prometheus /metrics side port (None = off, 0 = any)
+    tls_cert: Path | None = None  # server certificate (PEM): TLS on
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # CA that signs client certificates: mutual TLS
+    auth_token: str | None = None  # bearer token required on every non-health call
