@@ -85,7 +85,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     metrics = Metrics()
     state = ServingState(config, executor, metrics)
     pb_grpc.add_RecommenderServiceServicer_to_server(
-        RecommenderServicer(state, executor, config.stream_in_flight), server
+        RecommenderServicer(state, executor, config.stream_in_flight, config.max_streams),
+        server,
     )
     pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(state), server)
     health_servicer = health.aio.HealthServicer()

@@ -170,6 +170,10 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--max-batch", type=int, default=32, help="requests gathered into one encoder run")
     a.add("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
     a.add("--max-queue", type=int, default=1024, help="waiting requests before RESOURCE_EXHAUSTED")
+    a.add(
+        "--max-streams", type=int, default=256, help="concurrent streams before RESOURCE_EXHAUSTED"
+    )
+    a.add("--max-message-mb", type=int, default=16, help="largest message either way, MiB")
     a.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     a.add("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key turns TLS on")
     a.add("--tls-key", type=Path, help="server private key (PEM)")
@@ -310,6 +314,8 @@ def _serve(args: argparse.Namespace) -> int:
                 max_wait_ms=args.max_wait_ms,
                 max_queue=args.max_queue,
                 metrics_port=args.metrics_port,
+                max_streams=args.max_streams,
+                max_message_mb=args.max_message_mb,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
                 tls_client_ca=args.tls_client_ca,

@@ -24,6 +24,7 @@ class ServerConfig:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
     stream_in_flight: int = 64  # messages of one stream processed at once
+    max_streams: int = 256  # concurrent RecommendStream calls before RESOURCE_EXHAUSTED
     metrics_port: int | None = None  # Prometheus /metrics side port (None = off, 0 = any)
     tls_cert: Path | None = None  # server certificate (PEM): TLS on
     tls_key: Path | None = None

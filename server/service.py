@@ -35,6 +35,8 @@ _MODES = {
 # Requests of one stream processed at once (they batch with each other and with
 # unary calls); more wait, and gRPC flow control then pushes back on the client.
 STREAM_IN_FLIGHT = 64
+# Stream metadata asking for responses in request order (default: completion order).
+ORDERED_METADATA = "irec-ordered"
 
 
 def to_query(request: pb.RecommendRequest) -> RecommendQuery:
@@ -81,10 +83,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         state: ServingState,
         executor: Executor,
         stream_in_flight: int = STREAM_IN_FLIGHT,
+        max_streams: int = 256,
     ) -> None:
         self.state = state
         self.executor = executor
         self.stream_in_flight = stream_in_flight
+        self.max_streams = max_streams
+        self._open_streams = 0
 
     async def _run(self, fn: Callable[[], T]) -> tuple[T, float]:
         """Run fn in the pool; return its result and the ms it waited for a thread."""
@@ -167,7 +172,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request_iterator: AsyncIterator[pb.RecommendRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.RecommendResponse]:
-        """Bidirectional Recommend: responses in completion order, each with its request_id."""
+        """Bidirectional Recommend: each response carries its request_id.
+
+        Completion order by default; request order when the call's metadata sets
+        `irec-ordered: true`.
+        """
+        if self._open_streams >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._open_streams} streams open, the limit is {self.max_streams}; retry later",
+            )
 
         def failed(request: pb.RecommendRequest, exc: BaseException) -> pb.RecommendResponse:
             code, message = grpc_status_for(exc)
@@ -179,12 +193,19 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         async def one(request: pb.RecommendRequest) -> pb.RecommendResponse:
             return await self._recommend(request, rpc="RecommendStream")
 
-        async for response in _stream(request_iterator, one, failed, self.stream_in_flight):
-            code = grpc.StatusCode.OK.name
-            if response.HasField("error"):
-                code = _code_name(response.error.code)
-            self.state.metrics.requests.labels(rpc="RecommendStream", code=code).inc()
-            yield response
+        ordered = _flag(context, ORDERED_METADATA)
+        self._open_streams += 1
+        try:
+            async for response in _stream(
+                request_iterator, one, failed, self.stream_in_flight, ordered
+            ):
+                code = grpc.StatusCode.OK.name
+                if response.HasField("error"):
+                    code = _code_name(response.error.code)
+                self.state.metrics.requests.labels(rpc="RecommendStream", code=code).inc()
+                yield response
+        finally:
+            self._open_streams -= 1
 
     async def EmbedStream(  # noqa: N802
         self,
@@ -259,6 +280,14 @@ class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
         )
 
 
+def _flag(context: grpc.aio.ServicerContext, key: str) -> bool:
+    """Whether the call's metadata sets `key` to a true value."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return str(value).lower() in ("1", "true", "yes")
+    return False
+
+
 def _code_name(value: int) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == value), "UNKNOWN")
 
@@ -303,28 +332,34 @@ async def _stream(
     handle: Callable[[Req], Awaitable[Resp]],
     failed: Callable[[Req, BaseException], Resp],
     in_flight: int = STREAM_IN_FLIGHT,
+    ordered: bool = False,
 ) -> AsyncIterator[Resp]:
-    """Process up to `in_flight` requests of a stream at once; yield as each finishes."""
-    done: asyncio.Queue[Resp | None] = asyncio.Queue()
+    """Process up to `in_flight` requests of a stream at once.
+
+    Responses come in completion order, or in request order when `ordered`. A slot is
+    freed only when its response has been handed to gRPC, so a slow reader holds at
+    most `in_flight` responses in memory (flow control does the rest).
+    """
+    done: asyncio.Queue[tuple[int, Resp] | None] = asyncio.Queue()
     slots = asyncio.Semaphore(in_flight)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(request: Req) -> None:
+    async def one(sequence: int, request: Req) -> None:
         try:
             response = await handle(request)
         except Exception as exc:
             if grpc_status_for(exc)[0] is grpc.StatusCode.INTERNAL:
                 log.exception("internal error in stream")
             response = failed(request, exc)
-        finally:
-            slots.release()
-        await done.put(response)
+        await done.put((sequence, response))
 
     async def feed() -> None:
         try:
+            sequence = 0
             async for request in requests:
                 await slots.acquire()
-                task = asyncio.create_task(one(request))
+                task = asyncio.create_task(one(sequence, request))
+                sequence += 1
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
@@ -333,9 +368,19 @@ async def _stream(
             await done.put(None)
 
     feeder = asyncio.create_task(feed())
+    waiting: dict[int, Resp] = {}
+    next_out = 0
     try:
-        while (response := await done.get()) is not None:
-            yield response
+        while (item := await done.get()) is not None:
+            if not ordered:
+                slots.release()
+                yield item[1]
+                continue
+            waiting[item[0]] = item[1]
+            while next_out in waiting:
+                slots.release()
+                yield waiting.pop(next_out)
+                next_out += 1
     finally:
         feeder.cancel()
         for task in list(tasks):

@@ -67,3 +67,42 @@ def test_an_expired_deadline_is_deadline_exceeded_and_the_server_goes_on(live_se
             stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=3), timeout=0.0001)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=3), timeout=30).items
+
+
+def test_ordered_stream_keeps_request_order(live_server):
+    requests = [
+        pb.RecommendRequest(request_id=f"r{i}", history_item_ids=h, k=2)
+        for i, h in enumerate(histories(300))
+    ]
+    with grpc.insecure_channel(live_server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        responses = list(stub.RecommendStream(iter(requests), metadata=[("irec-ordered", "true")]))
+    assert [r.request_id for r in responses] == [r.request_id for r in requests]
+
+
+def test_stream_limit_and_message_size_limit(bundle_dir):
+    import pytest
+
+    from tests.conftest import background_server
+
+    with background_server(bundle_dir, max_streams=1, max_message_mb=1) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            gate = __import__("threading").Event()
+
+            def slow_requests():
+                yield pb.RecommendRequest(request_id="first", history_item_ids=["1"])
+                gate.wait(10)
+
+            first = stub.RecommendStream(slow_requests())
+            assert next(first).request_id == "first"
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.RecommendStream(iter([pb.RecommendRequest(history_item_ids=["1"])])))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            gate.set()
+            list(first)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(pb.RecommendRequest(history_texts=["x" * 2_000_000]))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Still serving after both refusals.
+            assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
