@@ -44,6 +44,7 @@ class RunningServer:
         self.executor = executor
         self.state = state
         self.metrics_port: int | None = None
+        self.watcher: asyncio.Task[None] | None = None
 
     @property
     def engine(self) -> RecommenderEngine:
@@ -57,6 +58,8 @@ class RunningServer:
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, drain in-flight calls for grace_s, then close the pool."""
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await self.state.close()
@@ -117,6 +120,10 @@ async def start_server(config: ServerConfig) -> RunningServer:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    if config.watch_dir is not None:
+        running.watcher = asyncio.get_running_loop().create_task(
+            state.watch(config.watch_dir, config.watch_interval_s)
+        )
     return running
 
 

@@ -18,7 +18,8 @@ from server.batcher import MicroBatcher
 from server.bundle import load_bundle
 from server.config import ServerConfig
 from server.engine import Limits, PreparedQuery, RecommenderEngine, RecommendQuery
-from server.errors import Unavailable
+from server.errors import IrecError, Unavailable
+from server.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,44 @@ class ServingState:
                 loop.create_task(old.batcher.drain_and_close())
             return new, old, load_ms
 
+    async def watch(self, folder: Path, interval_s: float = 2.0) -> None:
+        """Serve the newest bundle (by manifest created_at) among folder's subfolders.
+
+        A bundle that fails verification is remembered and not retried until its
+        manifest changes; the served one keeps serving.
+        """
+        refused: set[tuple[Path, float]] = set()
+        while True:
+            newest = _newest_bundle(folder)
+            if newest is not None:
+                path, manifest, mtime = newest
+                served = self._loaded.version if self._loaded else None
+                if manifest.bundle_version != served and (path, mtime) not in refused:
+                    try:
+                        await self.load(path)
+                    except IrecError as exc:
+                        refused.add((path, mtime))
+                        log.error("refused bundle %s: %s", path, exc)
+            await asyncio.sleep(interval_s)
+
     async def close(self) -> None:
         """Stop the current batcher."""
         if self._loaded is not None:
             await self._loaded.batcher.close()
+
+
+def _newest_bundle(folder: Path) -> tuple[Path, Manifest, float] | None:
+    """(path, manifest, manifest mtime) of the newest readable bundle under folder."""
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith(".") or not (path / MANIFEST_FILE).is_file():
+            continue  # staging folders of an export in progress start with "."
+        try:
+            manifest = read_manifest(path)
+        except ManifestError:
+            continue
+        found.append((manifest.created_at, path, manifest, (path / MANIFEST_FILE).stat().st_mtime))
+    if not found:
+        return None
+    _, path, manifest, mtime = max(found, key=lambda f: (f[0], f[1].name))
+    return path, manifest, mtime

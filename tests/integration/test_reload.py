@@ -76,3 +76,35 @@ def test_readiness_is_separate_from_liveness(bundle_dir):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         assert server.running.state.ready
+
+
+def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle, tmp_path):
+    import json
+    import time
+
+    watched = tmp_path / "bundles"
+    watched.mkdir()
+    with background_server(bundle_dir, watch_dir=watched, watch_interval_s=0.2) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+
+            def version_soon(expected: str) -> str:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    version = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+                    if version == expected:
+                        return version
+                    time.sleep(0.1)
+                return version
+
+            shutil.copytree(second_bundle, watched / "v2")
+            assert version_soon("v2") == "v2"
+            # A newer but corrupt bundle is refused; v2 keeps serving.
+            shutil.copytree(second_bundle, watched / "v3")
+            manifest = json.loads((watched / "v3" / "manifest.json").read_text())
+            manifest.update(bundle_version="v3", created_at="2999-01-01T00:00:00Z")
+            (watched / "v3" / "manifest.json").write_text(json.dumps(manifest))
+            (watched / "v3" / "centroids.npy").write_bytes(b"corrupt")
+            time.sleep(1.5)
+            assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == "v2"
+            assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
