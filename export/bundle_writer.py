@@ -315,6 +315,8 @@ def _export_head(
     if new_text is not None:
         text = np.vstack([text, new_text.astype(np.float32)])
     np.save(stage / "item_text_embeddings.npy", text)
+    weight = head.text_projection.weight.detach().numpy().astype(np.float32)
+    np.save(stage / "item_text_projection.npy", weight)
     return fmt.SequenceHeadSpec(
         file="user_head.onnx",
         text_embeddings="item_text_embeddings.npy",
@@ -322,6 +324,7 @@ def _export_head(
         text_dimension=int(text.shape[1]),
         parity_cosine_min=round(parity, 6),
         trained_items=num_items,
+        projection="item_text_projection.npy",
     )
 
 

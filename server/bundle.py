@@ -196,7 +196,8 @@ def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> Use
         session = open_session(path / spec.file, [CPU], intra_op_threads)
     except Exception as exc:
         raise BundleError(f"{path / spec.file}: cannot load the sequence head ({exc})") from exc
-    head = UserHead(session, text, spec.max_length, spec.trained_items)
+    projection = np.load(path / spec.projection) if spec.projection else None
+    head = UserHead(session, text, spec.max_length, spec.trained_items, projection)
     probe = head.user_vector([0])
     if probe.shape != (manifest.dimension,) or not np.all(np.isfinite(probe)):
         raise BundleError(

@@ -178,6 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key turns TLS on")
     a.add("--tls-key", type=Path, help="server private key (PEM)")
     a.add("--tls-client-ca", type=Path, help="CA of client certificates: mutual TLS")
+    a.add("--catalogue-log", type=Path, help="log of AddItems/RemoveItems, replayed at load")
     a.add("--watch-dir", type=Path, help="serve the newest bundle that appears in this folder")
     a.add("--watch-interval", type=float, default=2.0, help="seconds between --watch-dir scans")
     a.add("--auth-token", help="bearer token every non-health call must carry")
@@ -323,6 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
                 tls_client_ca=args.tls_client_ca,
                 auth_token=args.auth_token,
                 watch_dir=args.watch_dir,
+                catalogue_log=args.catalogue_log,
                 watch_interval_s=args.watch_interval,
                 port_file=args.port_file,
             )

@@ -29,6 +29,7 @@ class ServerConfig:
     tls_cert: Path | None = None  # server certificate (PEM): TLS on
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # CA that signs client certificates: mutual TLS
+    catalogue_log: Path | None = None  # AddItems/RemoveItems log, replayed on every load
     watch_dir: Path | None = None  # serve the newest bundle that appears in this folder
     watch_interval_s: float = 2.0
     auth_token: str | None = None  # bearer token required on every non-health call

@@ -10,11 +10,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 import hnswlib
 import numpy as np
 
 from server.bundle import Bundle
+from server.catalogue import Catalogue
 from server.errors import InvalidArgument
 from server.history import render_history
 
@@ -117,11 +119,19 @@ def _check_texts(name: str, texts: Sequence[str], limits: Limits) -> None:
 class RecommenderEngine:
     """Answers recommend and embed calls from one loaded bundle (thread-safe for reads)."""
 
-    def __init__(self, bundle: Bundle, limits: Limits | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, limits: Limits | None = None, catalogue_log: Path | None = None
+    ) -> None:
         self.bundle = bundle
+        self.catalogue = Catalogue(bundle, catalogue_log)
         self.limits = limits or Limits()
         self.max_k = min(self.limits.max_k, len(bundle.items))
         self.default_mode = RetrievalMode(bundle.manifest.default_retrieval_mode)
+
+    @property
+    def num_items(self) -> int:
+        """Items that can be recommended now (after additions and removals)."""
+        return len(self.bundle.items) - len(self.catalogue.removed)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of free texts [len(texts), dim]."""
@@ -268,26 +278,32 @@ class RecommenderEngine:
         """Top-k unseen items; in cluster mode the cluster's index first, topped up globally."""
         found: list[tuple[int, float]] = []
         user = self.bundle.manifest.hnsw.query_vector(user)
-        if mode is RetrievalMode.CLUSTER:
-            cluster = self.bundle.clusters[cluster_id]
-            # Cluster indexes are labelled with global item rows.
-            local = _knn(cluster.index, user, k + len(exclude), len(cluster.item_rows))
-            found = [(row, s) for row, s in local if row not in exclude][:k]
-        if len(found) < k:
-            taken = exclude | {row for row, _ in found}
-            wanted = k - len(found) + len(taken)
-            more = _knn(self.bundle.all_items_index, user, wanted, len(self.bundle.items))
-            found += [(row, s) for row, s in more if row not in taken][: k - len(found)]
-        return [
-            ScoredItem(self.bundle.items[row].item_id, score, self.bundle.items[row].title)
-            for row, score in found
-        ]
+        live = self.catalogue.live
+        with self.catalogue.lock.read():
+            if mode is RetrievalMode.CLUSTER:
+                cluster = self.bundle.clusters[cluster_id]
+                # Cluster indexes are labelled with global item rows.
+                size = live[f"cluster_{cluster_id}"]
+                local = _knn(cluster.index, user, k + len(exclude), size)
+                found = [(row, s) for row, s in local if row not in exclude][:k]
+            if len(found) < k:
+                taken = exclude | {row for row, _ in found}
+                wanted = k - len(found) + len(taken)
+                more = _knn(self.bundle.all_items_index, user, wanted, live["all"])
+                found += [(row, s) for row, s in more if row not in taken][: k - len(found)]
+            items = self.bundle.items
+            return [ScoredItem(items[row].item_id, score, items[row].title) for row, score in found]
 
 
 def _knn(index: hnswlib.Index, vector: np.ndarray, k: int, size: int) -> list[tuple[int, float]]:
     """(label, cosine) pairs, best first; hnswlib's ip distance is 1 - dot."""
     k = min(k, size)
+    while k > 0:
+        try:
+            labels, distances = index.knn_query(vector[None, :], k=k)
+            break
+        except RuntimeError:  # too few live elements reachable (many marked deleted)
+            k //= 2
     if k <= 0:
         return []
-    labels, distances = index.knn_query(vector[None, :], k=k)
     return [(int(label), 1.0 - float(d)) for label, d in zip(labels[0], distances[0], strict=True)]

@@ -117,6 +117,8 @@ class SequenceHeadSpec:
     # Items [0, trained_items) have an ID residual in the head; later rows (items
     # added after training) enter by their text alone.
     trained_items: int = 0
+    # float32 [dimension, text_dimension]: item vector of a text-only item = W · text.
+    projection: str = ""
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ def verify_checksums(bundle_dir: Path, manifest: Manifest) -> None:
     required |= set(manifest.encoders.values())
     if manifest.sequence_head is not None:
         required |= {manifest.sequence_head.file, manifest.sequence_head.text_embeddings}
+        if manifest.sequence_head.projection:
+            required.add(manifest.sequence_head.projection)
     missing_from_manifest = sorted(required - manifest.files.keys())
     if missing_from_manifest:
         raise ManifestError(

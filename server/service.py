@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import grpc
 
+from server.catalogue import NewItem
 from server.engine import Recommendation, RecommendQuery, RetrievalMode
 from server.errors import DeadlineExceeded, InvalidArgument, grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
@@ -238,7 +239,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             bundle_version=manifest.bundle_version,
             model_name=manifest.model_name,
             dimension=manifest.dimension,
-            num_items=manifest.num_items,
+            num_items=engine.num_items,
             clusters=[
                 pb.ClusterInfo(
                     cluster_id=c.cluster_id,
@@ -268,6 +269,36 @@ class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
     ) -> pb.ReloadBundleResponse:
         """Load, verify, warm and swap in another bundle."""
         return await _unary(self._reload(request), context)
+
+    async def AddItems(  # noqa: N802
+        self, request: pb.AddItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddItemsResponse:
+        """Embed and index new items."""
+        return await _unary(self._add_items(request), context)
+
+    async def RemoveItems(  # noqa: N802
+        self, request: pb.RemoveItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveItemsResponse:
+        """Stop recommending items."""
+        return await _unary(self._remove_items(request), context)
+
+    async def _add_items(self, request: pb.AddItemsRequest) -> pb.AddItemsResponse:
+        engine = self.state.current().engine
+        items = [NewItem(i.item_id, i.title or i.item_id, i.text) for i in request.items]
+        if not items:
+            raise InvalidArgument("items", "empty: give at least one item")
+        loop = asyncio.get_running_loop()
+        added = await loop.run_in_executor(None, engine.catalogue.add, items)
+        return pb.AddItemsResponse(added=added, num_items=engine.num_items)
+
+    async def _remove_items(self, request: pb.RemoveItemsRequest) -> pb.RemoveItemsResponse:
+        engine = self.state.current().engine
+        ids = list(request.item_ids)
+        if not ids:
+            raise InvalidArgument("item_ids", "empty: give at least one item ID")
+        loop = asyncio.get_running_loop()
+        removed = await loop.run_in_executor(None, engine.catalogue.remove, ids)
+        return pb.RemoveItemsResponse(removed=removed, num_items=engine.num_items)
 
     async def _reload(self, request: pb.ReloadBundleRequest) -> pb.ReloadBundleResponse:
         if not request.path.strip():

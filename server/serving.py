@@ -41,7 +41,7 @@ class Loaded:
 def load_engine(path: Path, config: ServerConfig) -> RecommenderEngine:
     """Load and verify a bundle, then warm it (first ONNX runs allocate); blocking."""
     bundle = load_bundle(path, config.device, config.intra_op_threads)
-    engine = RecommenderEngine(bundle, Limits(max_k=config.max_k))
+    engine = RecommenderEngine(bundle, Limits(max_k=config.max_k), config.catalogue_log)
     ids = [item.item_id for item in bundle.items[:8]]
     for size in (1, min(8, config.max_batch), config.max_batch):
         queries = [engine.prepare(RecommendQuery(history_item_ids=ids, k=5))] * size

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from server.errors import Unavailable
+
 
 class UserHead:
     """Runs user_head.onnx on one right-aligned history."""
@@ -17,11 +19,19 @@ class UserHead:
         item_text: np.ndarray,
         max_length: int,
         trained_items: int | None = None,
+        projection: np.ndarray | None = None,
     ) -> None:
         self.session = session
         self.item_text = item_text
         self.max_length = max_length
         self.trained_items = len(item_text) if not trained_items else trained_items
+        self.projection = projection  # [dim, text_dim]: the head's text → item vector map
+
+    def item_vectors_from_text(self, text: np.ndarray) -> np.ndarray:
+        """Item vectors of items known by text alone (no ID residual)."""
+        if self.projection is None:
+            raise Unavailable("this bundle has no text projection; re-export it to add items")
+        return np.asarray(text @ self.projection.T, dtype=np.float32)
 
     def user_vector(self, rows: Sequence[int], free_text: np.ndarray | None = None) -> np.ndarray:
         """User vector for item rows (oldest first) followed by free-text embeddings."""

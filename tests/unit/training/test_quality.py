@@ -148,3 +148,21 @@ def _clash(tmp_path):
     path = tmp_path / "clash.csv"
     path.write_text("item_id,title\n1,Duplicate\n")
     return path
+
+
+def test_add_items_to_a_head_bundle_uses_the_text_projection(quick_report):
+    import numpy as np
+
+    from server.bundle import load_bundle
+    from server.catalogue import NewItem
+    from server.engine import RecommenderEngine, RecommendQuery
+
+    out, _ = quick_report
+    engine = RecommenderEngine(load_bundle(out / "bundle", device="cpu"))
+    engine.catalogue.add([NewItem("fresh", "Fresh", "The Blue Quartet. Jazz.")])
+    head = engine.bundle.head
+    text = engine.bundle.encoder.encode(["The Blue Quartet. Jazz."])
+    row = engine.bundle.row_of_item["fresh"]
+    assert np.allclose(head.item_text[row], text[0])
+    result = engine.recommend(RecommendQuery(history_item_ids=["fresh", "1"], k=5))
+    assert not result.unknown_item_ids and len(result.items) == 5

@@ -16,6 +16,44 @@ RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_ALL_ITEMS: RetrievalMode
 RETRIEVAL_MODE_CLUSTER: RetrievalMode
 
+class NewItem(_message.Message):
+    __slots__ = ("item_id", "title", "text")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class AddItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[NewItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[NewItem, _Mapping]]] = ...) -> None: ...
+
+class AddItemsResponse(_message.Message):
+    __slots__ = ("added", "num_items")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    num_items: int
+    def __init__(self, added: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
+
+class RemoveItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveItemsResponse(_message.Message):
+    __slots__ = ("removed", "num_items")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    num_items: int
+    def __init__(self, removed: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
+
 class ReloadBundleRequest(_message.Message):
     __slots__ = ("path",)
     PATH_FIELD_NUMBER: _ClassVar[int]

@@ -294,6 +294,16 @@ class RecommenderAdminStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.FromString,
                 _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/recsys.v1.RecommenderAdmin/AddItems',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.AddItemsResponse.FromString,
+                _registered_method=True)
+        self.RemoveItems = channel.unary_unary(
+                '/recsys.v1.RecommenderAdmin/RemoveItems',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.RemoveItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.RemoveItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderAdminServicer:
@@ -309,6 +319,21 @@ class RecommenderAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddItems(self, request, context):
+        """Add items by their text: embedded by the served encoder, assigned a cluster,
+        indexed, and logged so a restart keeps them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveItems(self, request, context):
+        """Never return these items again (logged like AddItems).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +341,16 @@ def add_RecommenderAdminServicer_to_server(servicer, server):
                     servicer.ReloadBundle,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.AddItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.AddItemsResponse.SerializeToString,
+            ),
+            'RemoveItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveItems,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.RemoveItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.RemoveItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +381,60 @@ class RecommenderAdmin:
             '/recsys.v1.RecommenderAdmin/ReloadBundle',
             recsys_dot_v1_dot_recommender__pb2.ReloadBundleRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.ReloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RecommenderAdmin/AddItems',
+            recsys_dot_v1_dot_recommender__pb2.AddItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.AddItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RecommenderAdmin/RemoveItems',
+            recsys_dot_v1_dot_recommender__pb2.RemoveItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.RemoveItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
