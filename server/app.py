@@ -14,8 +14,11 @@ from grpc_reflection.v1alpha import reflection
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
 from server.engine import PreparedQuery, RecommenderEngine
+from server.generated.inference import grpc_service_pb2 as kpb
+from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.kserve import InferenceServicer
 from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, server_credentials
 from server.service import RecommenderAdminServicer, RecommenderServicer
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
+KSERVE_SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class RunningServer:
@@ -92,10 +96,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
         server,
     )
     pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(state), server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (
+            SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
+            KSERVE_SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:

@@ -1,0 +1,184 @@
+"""KServe v2 / Open Inference Protocol beside recsys.v1, so Triton and KServe clients work.
+
+Two models:
+
+- ``irec-encoder``: ``TEXT`` BYTES [n] → ``EMBEDDING`` FP32 [n, text_dim]
+- ``irec-recommender``: ``HISTORY_ITEM_IDS`` BYTES [n] (one user, oldest first),
+  optional ``K`` INT32 [1] → ``ITEM_IDS`` BYTES [k], ``SCORES`` FP32 [k],
+  ``CLUSTER_IDS`` INT32 [c]
+
+Tensors are read from ``raw_input_contents`` (what tritonclient sends) or ``contents``,
+and answered in ``raw_output_contents``. Errors use the one mapping table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from importlib import metadata
+from typing import Any
+
+import grpc
+import numpy as np
+
+from server.engine import RecommendQuery
+from server.errors import InvalidArgument, NotFound
+from server.generated.inference import grpc_service_pb2 as kpb
+from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
+from server.service import _unary
+from server.serving import ServingState
+
+ENCODER = "irec-encoder"
+RECOMMENDER = "irec-recommender"
+MODELS = (ENCODER, RECOMMENDER)
+
+
+def _decode_bytes(raw: bytes) -> list[bytes]:
+    """Triton's BYTES wire form: each element is a little-endian uint32 length + bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument("raw_input_contents", "truncated BYTES tensor")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        out.append(raw[offset : offset + length])
+        offset += length
+    return out
+
+
+def _encode_bytes(values: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
+def _inputs(request: kpb.ModelInferRequest) -> dict[str, Any]:
+    """Input tensors by name as lists (BYTES) or numpy arrays."""
+    tensors: dict[str, Any] = {}
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument("raw_input_contents", "one entry per input is required")
+    for position, tensor in enumerate(request.inputs):
+        if tensor.datatype == "BYTES":
+            tensors[tensor.name] = (
+                _decode_bytes(raw[position]) if raw else list(tensor.contents.bytes_contents)
+            )
+        elif tensor.datatype == "INT32":
+            tensors[tensor.name] = (
+                np.frombuffer(raw[position], dtype="<i4")
+                if raw
+                else np.asarray(tensor.contents.int_contents, dtype=np.int32)
+            )
+        else:
+            raise InvalidArgument(
+                f"inputs[{position}].datatype", f"{tensor.datatype} not supported"
+            )
+    return tensors
+
+
+def _output(name: str, datatype: str, shape: list[int]) -> kpb.ModelInferResponse.InferOutputTensor:
+    return kpb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=shape)
+
+
+class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the served bundle."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Live whenever the process answers."""
+        return kpb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Ready once a bundle is loaded and warmed."""
+        return kpb.ServerReadyResponse(ready=self.state.ready)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Both models are ready with the bundle."""
+        return kpb.ModelReadyResponse(ready=request.name in MODELS and self.state.ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Server name and version."""
+        try:
+            version = metadata.version("irec")
+        except metadata.PackageNotFoundError:
+            version = "dev"
+        return kpb.ServerMetadataResponse(name="irec", version=version, extensions=[])
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Inputs and outputs of one model."""
+        return await _unary(self._metadata(request.name), context)
+
+    async def _metadata(self, name: str) -> kpb.ModelMetadataResponse:
+        engine = self.state.current().engine
+        meta = kpb.ModelMetadataResponse.TensorMetadata
+        version = [engine.bundle.version]
+        if name == ENCODER:
+            spec = engine.bundle.manifest.sequence_head
+            dim = spec.text_dimension if spec else engine.bundle.manifest.dimension
+            return kpb.ModelMetadataResponse(
+                name=name,
+                versions=version,
+                platform="onnxruntime_onnx",
+                inputs=[meta(name="TEXT", datatype="BYTES", shape=[-1])],
+                outputs=[meta(name="EMBEDDING", datatype="FP32", shape=[-1, dim])],
+            )
+        if name == RECOMMENDER:
+            return kpb.ModelMetadataResponse(
+                name=name,
+                versions=version,
+                platform="irec",
+                inputs=[
+                    meta(name="HISTORY_ITEM_IDS", datatype="BYTES", shape=[-1]),
+                    meta(name="K", datatype="INT32", shape=[1]),
+                ],
+                outputs=[
+                    meta(name="ITEM_IDS", datatype="BYTES", shape=[-1]),
+                    meta(name="SCORES", datatype="FP32", shape=[-1]),
+                    meta(name="CLUSTER_IDS", datatype="INT32", shape=[-1]),
+                ],
+            )
+        raise NotFound(f"model_name: {name!r} is not served (models: {', '.join(MODELS)})")
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Run one of the two models."""
+        return await _unary(self._infer(request), context)
+
+    async def _infer(self, request: kpb.ModelInferRequest) -> kpb.ModelInferResponse:
+        engine = self.state.current().engine
+        inputs = _inputs(request)
+        loop = asyncio.get_running_loop()
+        response = kpb.ModelInferResponse(
+            model_name=request.model_name, model_version=engine.bundle.version, id=request.id
+        )
+        if request.model_name == ENCODER:
+            if "TEXT" not in inputs:
+                raise InvalidArgument("inputs", "TEXT (BYTES) is required")
+            texts = [t.decode("utf-8", "replace") for t in inputs["TEXT"]]
+            vectors = await loop.run_in_executor(None, engine.embed, texts)
+            response.outputs.append(_output("EMBEDDING", "FP32", list(vectors.shape)))
+            response.raw_output_contents.append(vectors.astype("<f4").tobytes())
+            return response
+        if request.model_name == RECOMMENDER:
+            if "HISTORY_ITEM_IDS" not in inputs:
+                raise InvalidArgument("inputs", "HISTORY_ITEM_IDS (BYTES) is required")
+            ids = [i.decode("utf-8", "replace") for i in inputs["HISTORY_ITEM_IDS"]]
+            k = int(inputs["K"][0]) if "K" in inputs and len(inputs["K"]) else 0
+            query = RecommendQuery(history_item_ids=ids, k=k)
+            result = await loop.run_in_executor(None, engine.recommend, query)
+            item_ids = [i.item_id.encode() for i in result.items]
+            scores = np.array([i.score for i in result.items], dtype="<f4")
+            clusters = np.array([c.cluster_id for c in result.clusters], dtype="<i4")
+            response.outputs.extend(
+                [
+                    _output("ITEM_IDS", "BYTES", [len(item_ids)]),
+                    _output("SCORES", "FP32", [len(scores)]),
+                    _output("CLUSTER_IDS", "INT32", [len(clusters)]),
+                ]
+            )
+            response.raw_output_contents.extend(
+                [_encode_bytes(item_ids), scores.tobytes(), clusters.tobytes()]
+            )
+            return response
+        raise NotFound(
+            f"model_name: {request.model_name!r} is not served (models: {', '.join(MODELS)})"
+        )
