@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -183,6 +182,7 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--watch-interval", type=float, default=2.0, help="seconds between --watch-dir scans")
     a.add("--auth-token", help="bearer token every non-health call must carry")
     a.add("--log-level", default="INFO", help="logging level")
+    a.add("--log-format", choices=["text", "json"], default="text", help="log line format")
 
     p = sub.add_parser("query", help="send Recommend requests to a running server")
     a = EnvArgs(p, "QUERY")
@@ -298,10 +298,9 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from server.app import serve
     from server.config import ServerConfig
+    from server.logs import configure
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(args.log_level, args.log_format)
     asyncio.run(
         serve(
             ServerConfig(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -143,6 +143,54 @@ class RecommenderClient:
     def info(self) -> pb.ModelInfo:
         """GetModelInfo."""
         return self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
+
+
+class AsyncRecommenderClient:
+    """asyncio twin of RecommenderClient (grpc.aio channel, same retries and credentials)."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 30.0,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        options = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if tls_ca or tls_cert:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self.channel = grpc.aio.secure_channel(target, credentials, options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options)
+        self.stub = pb_grpc.RecommenderServiceStub(self.channel)
+        self.timeout_s = timeout_s
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    async def __aenter__(self) -> AsyncRecommenderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    async def recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+        """Unary Recommend."""
+        return await self.stub.Recommend(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    async def recommend_stream(
+        self, requests: Iterable[pb.RecommendRequest], ordered: bool = False
+    ) -> AsyncIterator[pb.RecommendResponse]:
+        """Bidirectional RecommendStream; `ordered` asks for request order."""
+        metadata = list(self.metadata or []) + ([("irec-ordered", "true")] if ordered else [])
+        call = self.stub.RecommendStream(iter(requests), timeout=self.timeout_s, metadata=metadata)
+        async for response in call:
+            yield response
+
+    async def info(self) -> pb.ModelInfo:
+        """GetModelInfo."""
+        return await self.stub.GetModelInfo(
             pb.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self.metadata
         )
 

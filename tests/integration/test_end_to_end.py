@@ -154,3 +154,22 @@ def test_health_and_reflection(live_server):
         names = {s.name for s in answer.list_services_response.service}
         assert "recsys.v1.RecommenderService" in names
         assert "grpc.health.v1.Health" in names
+
+
+def test_async_client_unary_and_ordered_stream(live_server):
+    import asyncio
+
+    from server.client import AsyncRecommenderClient, make_request
+
+    async def scenario():
+        async with AsyncRecommenderClient(live_server.target) as client:
+            one = await client.recommend(make_request(["1", "2"], k=3))
+            requests = [make_request([str(i + 1)], k=2, request_id=f"r{i}") for i in range(40)]
+            ids = [r.request_id async for r in client.recommend_stream(requests, ordered=True)]
+            info = await client.info()
+            return one, ids, info
+
+    one, ids, info = asyncio.run(scenario())
+    assert len(one.items) == 3
+    assert ids == [f"r{i}" for i in range(40)]
+    assert info.num_items == 360

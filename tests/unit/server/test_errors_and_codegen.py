@@ -49,3 +49,27 @@ def test_server_imports_no_torch_transformers_or_training():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_json_logs_are_one_object_per_line(capsys):
+    import json
+    import logging
+
+    from server.logs import configure
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure("INFO", "json")
+        logging.getLogger("irec.test").info("hello %s", "world")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert (
+        record["msg"] == "hello world"
+        and record["level"] == "INFO"
+        and record["logger"] == "irec.test"
+    )
+    configure("WARNING", "text")
