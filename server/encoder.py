@@ -85,11 +85,19 @@ class TextEncoder:
     """Encodes texts into L2-normalised embeddings (pooling and norm are inside the graph)."""
 
     def __init__(
-        self, tokenizer: Tokenizer, session: ort.InferenceSession, variant: str = "int8"
+        self,
+        tokenizer: Tokenizer,
+        session: ort.InferenceSession,
+        variant: str = "int8",
+        io_binding: bool | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.session = session
         self.variant = variant  # which exported encoder runs: "int8" or "fp16"
+        # On CUDA, IO binding lets ONNX Runtime place the output on the device and copy
+        # it once, instead of allocating per run; on by default there, off on CPU.
+        self.io_binding = CUDA in self.providers if io_binding is None else io_binding
+        self._device = "cuda" if CUDA in self.providers else "cpu"
         self._input_names = {i.name for i in session.get_inputs()}
         self._output_name = session.get_outputs()[0].name
 
@@ -107,5 +115,13 @@ class TextEncoder:
         }
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        (output,) = self.session.run([self._output_name], feeds)
+        if self.io_binding:
+            binding = self.session.io_binding()
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            binding.bind_output(self._output_name, self._device)
+            self.session.run_with_iobinding(binding)
+            (output,) = binding.copy_outputs_to_cpu()
+        else:
+            (output,) = self.session.run([self._output_name], feeds)
         return np.asarray(output, dtype=np.float32)

@@ -77,3 +77,14 @@ def test_shape_mismatch_with_valid_checksums_is_refused(bundle_copy):
     manifest_path.write_text(json.dumps(raw))
     with pytest.raises(BundleError, match=r"centroids\.npy: shape \(3, 32\)"):
         load_bundle(bundle_copy)
+
+
+def test_io_binding_path_gives_the_same_embeddings(bundle_dir):
+    from server.encoder import TextEncoder
+
+    bundle = load_bundle(bundle_dir, device="cpu")
+    plain = bundle.encoder
+    bound = TextEncoder(plain.tokenizer, plain.session, plain.variant, io_binding=True)
+    texts = ["jazz quartet", "a much longer text about haunted crypts and rituals"]
+    np.testing.assert_allclose(bound.encode(texts), plain.encode(texts), rtol=1e-6, atol=1e-6)
+    assert plain.io_binding is False  # CPU default
