@@ -96,6 +96,17 @@ RETRY_SERVICE_CONFIG = json.dumps(
 )
 
 
+CHANNEL_OPTIONS = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+
+
+def _call_security(
+    tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, token: str | None
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]] | None]:
+    """Channel credentials (None = plaintext) and per-call metadata for a bearer token."""
+    credentials = channel_credentials(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
+    return credentials, ([("authorization", f"Bearer {token}")] if token else None)
+
+
 class RecommenderClient:
     """Blocking client over one channel: TLS / mTLS and a bearer token by option, retries."""
 
@@ -108,15 +119,13 @@ class RecommenderClient:
         tls_key: Path | None = None,
         token: str | None = None,
     ) -> None:
-        options = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-        if tls_ca or tls_cert:
-            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
-            self.channel = grpc.secure_channel(target, credentials, options)
+        credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
+        if credentials is not None:
+            self.channel = grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.insecure_channel(target, options)
+            self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
-        self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
     def __enter__(self) -> RecommenderClient:
         return self
@@ -159,15 +168,13 @@ class AsyncRecommenderClient:
         tls_key: Path | None = None,
         token: str | None = None,
     ) -> None:
-        options = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-        if tls_ca or tls_cert:
-            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
-            self.channel = grpc.aio.secure_channel(target, credentials, options)
+        credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
+        if credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, credentials, CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.aio.insecure_channel(target, options)
+            self.channel = grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
-        self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
     async def __aenter__(self) -> AsyncRecommenderClient:
         return self
