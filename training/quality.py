@@ -332,7 +332,7 @@ class QualityRun:
     def _served(self, head: SequenceHead) -> None:
         from export.bundle_writer import ExportOptions, export_run
         from server.bundle import load_bundle
-        from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
+        from server.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
         from training.run import write_run
 
         cfg, s = self.config, self.split
@@ -359,7 +359,9 @@ class QualityRun:
         mode = RetrievalMode.CLUSTER if winner == "user's cluster" else RetrievalMode.ALL_ITEMS
         manifest = export_run(run, cfg.out / "bundle", ExportOptions(default_mode=mode))
         bundle = load_bundle(cfg.out / "bundle", device="cpu")
-        engine = RecommenderEngine(bundle)
+        # Whole histories, however long, so every seen item is excluded as in the torch row.
+        longest = max(len(h) for h in s.test_histories)
+        engine = RecommenderEngine(bundle, Limits(max_history_items=max(longest, 2048)))
         ids = [item.item_id for item in bundle.items]
         lists = []
         started = time.perf_counter()
