@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import hnswlib
 import numpy as np
@@ -16,6 +18,7 @@ from server.errors import BundleError
 from server.user_head import UserHead
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A loaded encoder must give unit vectors (normalisation is inside the graph).
 _NORM_TOLERANCE = 1e-2
@@ -62,6 +65,30 @@ class Bundle:
         return self.manifest.bundle_version
 
 
+def _read(path: Path, reader: Callable[[Path], T]) -> T:
+    """reader(path); a file it cannot parse is refused with a BundleError naming the file.
+
+    Checksums only prove a file is the one the manifest lists, not that it is well formed
+    (an exporter bug, a manifest rewritten after the fact): numpy, json and tokenizers
+    raise several exception types for a bad file, and none of them may reach a caller as
+    INTERNAL, stop `irec serve` with a traceback, or end the --watch-dir loop.
+    """
+    try:
+        return reader(path)
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+
+
+def _cluster_records(path: Path) -> list[tuple[str, int, np.ndarray]]:
+    """(description, size, item rows) per cluster from clusters.json."""
+    return [
+        (str(r["description"]), int(r["size"]), np.asarray(r["item_rows"], dtype=np.int64))
+        for r in json.loads(path.read_text(encoding="utf-8"))["clusters"]
+    ]
+
+
 def _load_items(path: Path) -> list[Item]:
     items = []
     with path.open(encoding="utf-8") as handle:
@@ -101,15 +128,15 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     except fmt.ManifestError as exc:
         raise BundleError(str(exc)) from exc
 
-    items = _load_items(path / fmt.ITEMS_FILE)
+    items = _read(path / fmt.ITEMS_FILE, _load_items)
     row_of_item = {item.item_id: row for row, item in enumerate(items)}
     if len(row_of_item) != len(items) or len(items) != manifest.num_items:
         raise BundleError(
             f"{path / fmt.ITEMS_FILE}: {len(items)} records, {len(row_of_item)} distinct IDs, "
             f"manifest says {manifest.num_items}"
         )
-    embeddings = np.load(path / fmt.ITEM_EMBEDDINGS_FILE).astype(np.float32, copy=False)
-    centroids = np.load(path / fmt.CENTROIDS_FILE).astype(np.float32, copy=False)
+    embeddings = _read(path / fmt.ITEM_EMBEDDINGS_FILE, np.load).astype(np.float32, copy=False)
+    centroids = _read(path / fmt.CENTROIDS_FILE, np.load).astype(np.float32, copy=False)
     expected = {
         fmt.ITEM_EMBEDDINGS_FILE: (manifest.num_items, manifest.dimension),
         fmt.CENTROIDS_FILE: (manifest.num_clusters, manifest.dimension),
@@ -123,26 +150,22 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
     )
     clusters = []
     clusters_path = path / fmt.CLUSTERS_FILE
-    try:
-        cluster_records = json.loads(clusters_path.read_text())["clusters"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise BundleError(f"{clusters_path}: malformed ({exc})") from exc
+    cluster_records = _read(clusters_path, _cluster_records)
     if len(cluster_records) != manifest.num_clusters:
         raise BundleError(
             f"{clusters_path}: {len(cluster_records)} clusters, manifest says "
             f"{manifest.num_clusters}"
         )
-    for cluster_id, record in enumerate(cluster_records):
-        rows = np.asarray(record["item_rows"], dtype=np.int64)
+    for cluster_id, (description, size, rows) in enumerate(cluster_records):
         index = _load_index(
             path / fmt.cluster_index_file(cluster_id), manifest.dimension, len(rows), manifest.hnsw
         )
-        clusters.append(
-            Cluster(cluster_id, str(record["description"]), int(record["size"]), rows, index)
-        )
+        clusters.append(Cluster(cluster_id, description, size, rows, index))
 
     encoders = {name: path / file for name, file in manifest.encoders.items()}
-    tokenizer = load_tokenizer(path / fmt.TOKENIZER_FILE, manifest.max_sequence_length)
+    tokenizer = _read(
+        path / fmt.TOKENIZER_FILE, lambda p: load_tokenizer(p, manifest.max_sequence_length)
+    )
     try:
         session, variant = create_session(encoders, device, intra_op_threads)
     except Exception as exc:  # onnxruntime raises several types for a bad model
@@ -185,7 +208,7 @@ def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> Use
     spec = manifest.sequence_head
     if spec is None:
         return None
-    text = np.load(path / spec.text_embeddings).astype(np.float32, copy=False)
+    text = _read(path / spec.text_embeddings, np.load).astype(np.float32, copy=False)
     if text.shape != (manifest.num_items, spec.text_dimension):
         raise BundleError(
             f"{path / spec.text_embeddings}: shape {text.shape}, expected "
@@ -196,7 +219,7 @@ def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> Use
         session = open_session(path / spec.file, [CPU], intra_op_threads)
     except Exception as exc:
         raise BundleError(f"{path / spec.file}: cannot load the sequence head ({exc})") from exc
-    projection = np.load(path / spec.projection) if spec.projection else None
+    projection = _read(path / spec.projection, np.load) if spec.projection else None
     head = UserHead(session, text, spec.max_length, spec.trained_items, projection)
     probe = head.user_vector([0])
     if probe.shape != (manifest.dimension,) or not np.all(np.isfinite(probe)):

@@ -31,6 +31,8 @@ from server.serving import ServingState
 ENCODER = "irec-encoder"
 RECOMMENDER = "irec-recommender"
 MODELS = (ENCODER, RECOMMENDER)
+# The datatype each known input must have; anything else is INVALID_ARGUMENT.
+DATATYPES = {"TEXT": "BYTES", "HISTORY_ITEM_IDS": "BYTES", "K": "INT32"}
 
 
 def _decode_bytes(raw: bytes) -> list[bytes]:
@@ -41,6 +43,8 @@ def _decode_bytes(raw: bytes) -> list[bytes]:
             raise InvalidArgument("raw_input_contents", "truncated BYTES tensor")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument("raw_input_contents", "truncated BYTES tensor")
         out.append(raw[offset : offset + length])
         offset += length
     return out
@@ -57,6 +61,17 @@ def _inputs(request: kpb.ModelInferRequest) -> dict[str, Any]:
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument("raw_input_contents", "one entry per input is required")
     for position, tensor in enumerate(request.inputs):
+        expected = DATATYPES.get(tensor.name, tensor.datatype)
+        if tensor.datatype != expected:
+            raise InvalidArgument(
+                f"inputs[{position}].datatype",
+                f"{tensor.name} must be {expected}, not {tensor.datatype!r}",
+            )
+        if raw and tensor.datatype == "INT32" and len(raw[position]) % 4:
+            raise InvalidArgument(
+                f"raw_input_contents[{position}]",
+                f"{len(raw[position])} bytes is not a whole number of INT32 values",
+            )
         if tensor.datatype == "BYTES":
             tensors[tensor.name] = (
                 _decode_bytes(raw[position]) if raw else list(tensor.contents.bytes_contents)
@@ -69,7 +84,8 @@ def _inputs(request: kpb.ModelInferRequest) -> dict[str, Any]:
             )
         else:
             raise InvalidArgument(
-                f"inputs[{position}].datatype", f"{tensor.datatype} not supported"
+                f"inputs[{position}].datatype",
+                f"{tensor.datatype!r} is not supported (BYTES, INT32)",
             )
     return tensors
 
