@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,8 @@ from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, server_credentials
 from server.service import RecommenderAdminServicer, RecommenderServicer
 from server.serving import ServingState
+from server.tracing import Tracing, setup_tracing
+from server.wire import MalformedRequestInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,10 @@ class RunningServer:
         health_servicer: health.aio.HealthServicer,
         executor: ThreadPoolExecutor,
         state: ServingState,
+        tracing: Tracing | None = None,
     ) -> None:
         self.server = server
+        self.tracing = tracing
         self.port = port
         self.health = health_servicer
         self.executor = executor
@@ -68,9 +73,26 @@ class RunningServer:
         await self.server.stop(grace_s)
         await self.state.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
-async def start_server(config: ServerConfig) -> RunningServer:
+def _channel_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Server channel options: message size limits both ways, optional max connection age."""
+    max_bytes = config.max_message_mb * 1024 * 1024
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+    ]
+    if config.max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+async def start_server(config: ServerConfig, span_exporter: Any = None) -> RunningServer:
     """Bind and start, then load and warm the bundle; readiness follows the bundle.
 
     Health: the whole server ("") is SERVING as soon as it listens (liveness does not
@@ -80,19 +102,30 @@ async def start_server(config: ServerConfig) -> RunningServer:
     port the server got is returned, so tests never race on a port chosen in advance.
     """
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="irec-engine")
-    max_bytes = config.max_message_mb * 1024 * 1024
-    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+    interceptors: list[Any] = []
+    tracing = None
+    if config.trace is not None:
+        # Outermost, so refused calls (bad token) are traced too.
+        tracing = setup_tracing(config.trace, span_exporter)
+        interceptors.append(tracing.interceptor)
+    if config.auth_token:
+        interceptors.append(BearerTokenInterceptor(config.auth_token))
+    # Innermost: requests that do not parse get INVALID_ARGUMENT (server.wire).
+    interceptors.append(MalformedRequestInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-        ],
+        options=_channel_options(config),
     )
     metrics = Metrics()
     state = ServingState(config, executor, metrics)
     pb_grpc.add_RecommenderServiceServicer_to_server(
-        RecommenderServicer(state, executor, config.stream_in_flight, config.max_streams),
+        RecommenderServicer(
+            state,
+            executor,
+            config.stream_in_flight,
+            config.max_streams,
+            tracing.stages if tracing is not None else None,
+        ),
         server,
     )
     pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(state), server)
@@ -122,7 +155,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health_servicer, executor, state)
+    running = RunningServer(server, port, health_servicer, executor, state, tracing)
     if config.metrics_port is not None:
         running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
     try:

@@ -4,6 +4,10 @@ Callers ``await batcher.submit(item)``. A single collector task takes the first 
 item, then gathers more until ``max_batch`` items or ``max_wait_ms`` have passed, sorts the
 batch by cost (input length) and splits it into runs of similar length, so little
 compute is spent on padding, and runs each in the thread pool (never on the event loop).
+
+The wait is adaptive: when no run is in progress the batch goes at once with what is
+already queued, so a lone request (concurrency 1) never pays ``max_wait_ms``; under
+load, runs are in progress, requests pile up behind them, and batches fill.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class BatchStats:
 class _Pending(Generic[T]):
     item: T
     cost: int
-    future: asyncio.Future[tuple[np.ndarray, float, float]]
+    future: asyncio.Future[tuple[np.ndarray, float, float, float]]
     enqueued: float
 
 
@@ -63,8 +67,12 @@ class MicroBatcher(Generic[T]):
         max_wait_ms: float = 2.0,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
+        tokenize_clock: Callable[[], float] | None = None,
+        max_running: int = 4,
     ) -> None:
         self.run_batch = run_batch
+        # Read on the thread that ran a batch: the ms of it that went to tokenizing.
+        self.tokenize_clock = tokenize_clock
         self.cost = cost
         self.executor = executor
         self.max_batch = max_batch
@@ -75,19 +83,23 @@ class MicroBatcher(Generic[T]):
         self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._running = 0
+        # Encoder runs started and not finished. Work is taken off the queue only when
+        # one is free, so requests wait in the queue (bounded by max_queue) and not in
+        # the executor's unbounded backlog, which max_queue would not see.
+        self._run_slots = asyncio.Semaphore(max(1, max_running))
 
     @property
     def depth(self) -> int:
         """Items waiting to be batched."""
         return self._queue.qsize()
 
-    async def submit(self, item: T) -> tuple[np.ndarray, float, float]:
-        """The item's vector, the ms it waited, and the ms its batch's run took."""
+    async def submit(self, item: T) -> tuple[np.ndarray, float, float, float]:
+        """The item's vector and the ms it waited, its batch tokenized, and its batch encoded."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._collect())
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"server overloaded: {self._queue.qsize()} requests waiting; retry")
-        future: asyncio.Future[tuple[np.ndarray, float, float]] = (
+        future: asyncio.Future[tuple[np.ndarray, float, float, float]] = (
             asyncio.get_running_loop().create_future()
         )
         self._queue.put_nowait(_Pending(item, self.cost(item), future, time.perf_counter()))
@@ -112,8 +124,12 @@ class MicroBatcher(Generic[T]):
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._run_slots.acquire()  # released when the run it starts ends
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # Idle engine: go now. Busy engine: wait a little for company.
+            deadline = loop.time() + (self.max_wait_s if self._running else 0.0)
             while len(batch) < self.max_batch:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
@@ -124,15 +140,27 @@ class MicroBatcher(Generic[T]):
                     break
             # Cancelled callers (deadline passed, client gone) cost nothing.
             batch = [p for p in batch if not p.future.done()]
-            for group in _by_length(batch):
+            groups = _by_length(batch)
+            if not groups:
+                self._run_slots.release()
+            for position, group in enumerate(groups):
+                if position > 0:
+                    await self._run_slots.acquire()
                 loop.create_task(self._run(group))
+
+    def _timed_run(self, items: Sequence[T]) -> tuple[np.ndarray, float]:
+        """Run a batch on a pool thread; also return the ms of it that went to tokenizing."""
+        if self.tokenize_clock is not None:
+            self.tokenize_clock()  # reset whatever this thread counted before
+        vectors = self.run_batch(items)
+        return vectors, (self.tokenize_clock() if self.tokenize_clock is not None else 0.0)
 
     async def _run(self, group: list[_Pending[T]]) -> None:
         started = time.perf_counter()
         self._running += 1
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run_batch, [p.item for p in group]
+            vectors, tokenize_ms = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._timed_run, [p.item for p in group]
             )
         except Exception as exc:  # one bad batch fails its callers, not the batcher
             for p in group:
@@ -141,13 +169,15 @@ class MicroBatcher(Generic[T]):
             return
         finally:
             self._running -= 1
-        run_ms = (time.perf_counter() - started) * 1e3
+            self._run_slots.release()
+        encode_ms = (time.perf_counter() - started) * 1e3 - tokenize_ms
         self.stats.add(len(group))
         if self.on_batch is not None:
             self.on_batch(len(group))
         for p, vector in zip(group, vectors, strict=True):
             if not p.future.done():
-                p.future.set_result((vector, (started - p.enqueued) * 1e3, run_ms))
+                queue_ms = (started - p.enqueued) * 1e3
+                p.future.set_result((vector, queue_ms, tokenize_ms, encode_ms))
 
 
 def _by_length(batch: list[_Pending[T]]) -> list[list[_Pending[T]]]:

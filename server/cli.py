@@ -181,6 +181,24 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--watch-dir", type=Path, help="serve the newest bundle that appears in this folder")
     a.add("--watch-interval", type=float, default=2.0, help="seconds between --watch-dir scans")
     a.add("--auth-token", help="bearer token every non-health call must carry")
+    a.add(
+        "--max-connection-age",
+        type=float,
+        help="close each client connection after this many seconds so clients re-resolve "
+        "DNS and rebalance over replicas (default: never)",
+    )
+    a.add(
+        "--max-connection-age-grace",
+        type=float,
+        default=30.0,
+        help="seconds calls on an aged connection get to finish",
+    )
+    a.add(
+        "--trace",
+        choices=["console", "otlp"],
+        help="OpenTelemetry traces: a span per call with queue/tokenize/encode/search "
+        "children, printed (console) or sent to OTEL_EXPORTER_OTLP_ENDPOINT (otlp)",
+    )
     a.add("--log-level", default="INFO", help="logging level")
     a.add("--log-format", choices=["text", "json"], default="text", help="log line format")
 
@@ -205,6 +223,36 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--tls-cert", type=Path, help="client certificate for mutual TLS")
     a.add("--tls-key", type=Path, help="client private key for mutual TLS")
     a.add("--token", help="bearer token")
+
+    p = sub.add_parser("bench", help="load-test a running server: RPS and latency percentiles")
+    a = EnvArgs(p, "BENCH")
+    a.add("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    a.add(
+        "--rpc",
+        choices=["recommend", "recommend-stream", "embed", "embed-stream"],
+        default="recommend",
+        help="which RPC to drive",
+    )
+    a.add(
+        "-c",
+        "--concurrency",
+        default="1",
+        help="concurrent callers (streams for *-stream); a comma list runs one row each",
+    )
+    a.add("--duration", type=float, default=10.0, help="measured seconds per row")
+    a.add("--requests", type=int, help="measure this many answers instead of a duration")
+    a.add("--warmup", type=float, default=1.0, help="seconds of load before measuring")
+    a.add("--history-length", type=int, default=20, help="items (or texts) per history")
+    a.add("-k", "--k", type=int, default=10, help="items per answer")
+    a.add("--texts", type=int, default=1, help="texts per Embed request")
+    a.add("--window", type=int, default=32, help="messages in flight per stream")
+    a.add("--processes", type=int, default=1, help="client processes sharing the callers")
+    a.add("--bundle", type=Path, help="bundle folder whose item IDs make the histories")
+    a.add("--seed", type=int, default=0, help="seed of the request pool")
+    a.add("--timeout", type=float, default=30.0, help="seconds per call")
+    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
+    a.add("--token", help="bearer token")
+    a.add("--json", action="store_true", help="print one JSON object per row")
 
     p = sub.add_parser(
         "demo", help="the whole path on the built-in demo data: train → export → serve → query"
@@ -326,6 +374,9 @@ def _serve(args: argparse.Namespace) -> int:
                 catalogue_log=args.catalogue_log,
                 watch_interval_s=args.watch_interval,
                 port_file=args.port_file,
+                max_connection_age_s=args.max_connection_age,
+                max_connection_age_grace_s=args.max_connection_age_grace,
+                trace=args.trace,
             )
         )
     )
@@ -363,6 +414,40 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from server.loadgen import LoadSpec, LoadSpecError, format_table, item_ids_from_bundle, sweep
+
+    try:
+        levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    except ValueError as exc:
+        raise LoadSpecError(f"--concurrency: not a comma list of integers ({exc})") from exc
+    spec = LoadSpec(
+        target=args.target,
+        rpc=args.rpc,
+        concurrency=levels[0] if levels else 0,
+        duration_s=None if args.requests else args.duration,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        history_length=args.history_length,
+        k=args.k,
+        texts_per_request=args.texts,
+        window=args.window,
+        processes=args.processes,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        item_ids=item_ids_from_bundle(args.bundle) if args.bundle else (),
+        tls_ca=args.tls_ca,
+        token=args.token,
+    )
+    results = sweep(spec, levels)  # each level is checked before it runs
+    if args.json:
+        for result in results:
+            print(json.dumps(result.row()))
+    else:
+        print(format_table(results))
+    return 0 if all(not r.errors for r in results) else 2
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoConfig, run_demo
 
@@ -383,6 +468,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _export,
     "serve": _serve,
     "query": _query,
+    "bench": _bench,
     "demo": _demo,
 }
 
@@ -393,9 +479,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     from server.client import StreamFileError
     from server.errors import IrecError
+    from server.loadgen import LoadSpecError
     from server.manifest import ManifestError
 
-    errors: list[type[BaseException]] = [IrecError, ManifestError, StreamFileError, grpc.RpcError]
+    errors: list[type[BaseException]] = [
+        IrecError,
+        ManifestError,
+        StreamFileError,
+        LoadSpecError,
+        grpc.RpcError,
+    ]
     if "training.data" in sys.modules or "export.bundle_writer" in sys.modules:
         from export.bundle_writer import ExportError
         from export.parity import ParityError

@@ -77,26 +77,34 @@ def read_stream_file(path: Path, k: int) -> list[pb.RecommendRequest]:
 
 
 # Retry UNAVAILABLE (server starting, draining, or a replica gone) with backoff,
-# through gRPC's own retry support.
+# through gRPC's own retry support, and balance round-robin over resolved addresses.
 RETRY_SERVICE_CONFIG = json.dumps(
     {
+        # Spread calls over every address the target resolves to (a headless Service's
+        # pods); harmless for a single address.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{"service": "recsys.v1.RecommenderService"}],
                 "retryPolicy": {
-                    "maxAttempts": 4,
+                    "maxAttempts": 5,
                     "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
+                    "maxBackoff": "2s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 
 
-CHANNEL_OPTIONS = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+CHANNEL_OPTIONS = [
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
+    ("grpc.enable_retries", 1),
+    # Reconnect within a second of a replica coming back, inside the retry window above.
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 def _call_security(

@@ -33,3 +33,8 @@ class ServerConfig:
     watch_dir: Path | None = None  # serve the newest bundle that appears in this folder
     watch_interval_s: float = 2.0
     auth_token: str | None = None  # bearer token required on every non-health call
+    # Close client connections after this age (None = never) so clients re-resolve DNS and
+    # spread over new replicas; calls on an aged connection get the grace to finish.
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float = 30.0
+    trace: str | None = None  # OpenTelemetry exporter: None (off) | "console" | "otlp"

@@ -173,6 +173,10 @@ class RecommenderEngine:
             return len(texts)
         return len(self._render(rows, texts))
 
+    def take_tokenize_ms(self) -> float:
+        """Tokenizing ms of this thread's encoder runs since the last call."""
+        return self.bundle.encoder.take_tokenize_ms()
+
     def user_vectors(self, queries: Sequence[PreparedQuery]) -> np.ndarray:
         """User vectors [len(queries), dim] in one encoder (and head) run for all queries."""
         head = self.bundle.head

@@ -23,7 +23,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "irec_request_seconds",
-            "Time per request by stage: queue, encode, search, total",
+            "Time per request by stage: queue, tokenize, encode, search, total",
             ["rpc", "stage"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,

@@ -24,6 +24,7 @@ from server.errors import DeadlineExceeded, InvalidArgument, grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.serving import ServingState
+from server.tracing import StageTracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,7 +54,11 @@ def to_query(request: pb.RecommendRequest) -> RecommendQuery:
 
 
 def to_response(
-    request_id: str, result: Recommendation, queue_ms: float, total_ms: float
+    request_id: str,
+    result: Recommendation,
+    queue_ms: float,
+    total_ms: float,
+    tokenize_ms: float = 0.0,
 ) -> pb.RecommendResponse:
     """RecommendResponse from a domain Recommendation."""
     return pb.RecommendResponse(
@@ -68,6 +73,7 @@ def to_response(
         bundle_version=result.bundle_version,
         timing=pb.Timing(
             queue_ms=queue_ms,
+            tokenize_ms=tokenize_ms,
             encode_ms=result.timing.encode_ms,
             search_ms=result.timing.search_ms,
             total_ms=total_ms,
@@ -85,8 +91,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         executor: Executor,
         stream_in_flight: int = STREAM_IN_FLIGHT,
         max_streams: int = 256,
+        tracer: StageTracer | None = None,
     ) -> None:
         self.state = state
+        self.tracer = tracer
         self.executor = executor
         self.stream_in_flight = stream_in_flight
         self.max_streams = max_streams
@@ -108,13 +116,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.RecommendRequest, deadline: float | None = None, rpc: str = "Recommend"
     ) -> pb.RecommendResponse:
         arrived = time.perf_counter()
+        arrived_ns = time.time_ns()
         # One bundle from start to end, even if a reload swaps another in meanwhile.
         loaded = self.state.current()
         engine = loaded.engine
         prepared = engine.prepare(to_query(request))
         submitted = loaded.batcher.submit(prepared)
         if deadline is None:
-            user, queue_ms, encode_ms = await submitted
+            user, queue_ms, tokenize_ms, encode_ms = await submitted
         else:
             # A request still queued when its deadline passes is withdrawn (the batcher
             # skips cancelled entries), so no encoder time goes to it.
@@ -123,7 +132,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 submitted.close()
                 raise DeadlineExceeded("deadline passed before the request was encoded")
             try:
-                user, queue_ms, encode_ms = await asyncio.wait_for(submitted, remaining)
+                user, queue_ms, tokenize_ms, encode_ms = await asyncio.wait_for(
+                    submitted, remaining
+                )
             except asyncio.TimeoutError as exc:
                 raise DeadlineExceeded("deadline passed while the request was queued") from exc
         result, _ = await self._run(lambda: engine.finish(prepared, user, encode_ms))
@@ -131,11 +142,26 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self.state.metrics.observe_stages(
             rpc,
             queue=queue_ms,
+            tokenize=tokenize_ms,
             encode=encode_ms,
             search=result.timing.search_ms,
             total=total_ms,
         )
-        return to_response(request.request_id, result, queue_ms, total_ms)
+        if self.tracer is not None:
+            self.tracer.stages(
+                arrived_ns,
+                [
+                    ("queue", queue_ms),
+                    ("tokenize", tokenize_ms),
+                    ("encode", encode_ms),
+                    ("search", result.timing.search_ms),
+                ],
+                request_id=request.request_id,
+                bundle_version=result.bundle_version,
+                history_length=len(request.history_item_ids) + len(request.history_texts),
+                k=len(result.items),
+            )
+        return to_response(request.request_id, result, queue_ms, total_ms, tokenize_ms)
 
     async def _embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
         arrived = time.perf_counter()

@@ -92,6 +92,8 @@ class ServingState:
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue=self.config.max_queue,
                 on_batch=self.metrics.batch_size.observe,
+                tokenize_clock=engine.take_tokenize_ms,
+                max_running=self.config.workers,
             )
             new = Loaded(engine, batcher)
             old, self._loaded = self._loaded, new
@@ -125,6 +127,9 @@ class ServingState:
                     except IrecError as exc:
                         refused.add((path, mtime))
                         log.error("refused bundle %s: %s", path, exc)
+                    except Exception:  # a surprise must not end the watch: log it, go on
+                        refused.add((path, mtime))
+                        log.exception("refused bundle %s", path)
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:

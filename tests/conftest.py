@@ -74,7 +74,9 @@ class LiveServer:
 
 
 @contextmanager
-def background_server(bundle: Path, **options: object) -> Iterator[LiveServer]:
+def background_server(
+    bundle: Path, span_exporter: object = None, **options: object
+) -> Iterator[LiveServer]:
     """The real grpc.aio server on 127.0.0.1:0, in its own event-loop thread."""
     from server.app import start_server
     from server.config import ServerConfig
@@ -83,7 +85,9 @@ def background_server(bundle: Path, **options: object) -> Iterator[LiveServer]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     config = ServerConfig(bundle=bundle, host="127.0.0.1", port=0, device="cpu", **options)  # type: ignore[arg-type]
-    running = asyncio.run_coroutine_threadsafe(start_server(config), loop).result(timeout=60)
+    running = asyncio.run_coroutine_threadsafe(start_server(config, span_exporter), loop).result(
+        timeout=60
+    )
     try:
         yield LiveServer(target=f"127.0.0.1:{running.port}", port=running.port, running=running)
     finally:
