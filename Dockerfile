@@ -14,7 +14,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip install --no-cache-dir ".[cpu]"
+RUN pip install --no-cache-dir ".[cpu,tracing]"
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS cuda-base
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -28,7 +28,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip install --no-cache-dir ".[gpu]"
+RUN pip install --no-cache-dir ".[gpu,tracing]"
 
 # ---- cpu: slim, non-root ------------------------------------------------------
 FROM python:3.11-slim AS cpu
@@ -36,7 +36,7 @@ RUN useradd --create-home --uid 10001 irec
 COPY --from=build-cpu /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     IREC_SERVE_BUNDLE=/bundle IREC_SERVE_HOST=0.0.0.0 IREC_SERVE_PORT=50051
-USER irec
+USER 10001
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-m", "server.healthcheck", "--target", "127.0.0.1:50051"]
@@ -48,7 +48,7 @@ COPY --from=build-cuda /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     IREC_SERVE_BUNDLE=/bundle IREC_SERVE_HOST=0.0.0.0 IREC_SERVE_PORT=50051 \
     IREC_SERVE_DEVICE=cuda
-USER irec
+USER 10001
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-m", "server.healthcheck", "--target", "127.0.0.1:50051"]
