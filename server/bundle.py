@@ -90,14 +90,25 @@ def _cluster_records(path: Path) -> list[tuple[str, int, np.ndarray]]:
 
 
 def _load_items(path: Path) -> list[Item]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    try:
+        # One parse of the whole file is about twice as fast as one per line, seconds of
+        # startup at 1M items (export.benchmarks.startup). The count check refuses a line
+        # that holds two records; any failure falls through to name the bad line.
+        raws = json.loads("[" + ",".join(lines) + "]")
+        if len(raws) == len(lines):
+            return [Item(str(r["id"]), str(r["title"]), str(r["text"])) for r in raws]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        pass
     items = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            try:
-                raw = json.loads(line)
-                items.append(Item(str(raw["id"]), str(raw["title"]), str(raw["text"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise BundleError(f"{path}:{line_no}: bad item record ({exc})") from exc
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            raw = json.loads(line)
+            items.append(Item(str(raw["id"]), str(raw["title"]), str(raw["text"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BundleError(f"{path}:{line_no}: bad item record ({exc})") from exc
     return items
 
 

@@ -255,6 +255,29 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--json", action="store_true", help="print one JSON object per row")
 
     p = sub.add_parser(
+        "score", help="batch-score a Parquet table of users with a bundle → Parquet parts"
+    )
+    a = EnvArgs(p, "SCORE")
+    a.add("--bundle", required=True, type=Path, help="bundle folder")
+    a.add(
+        "--input",
+        required=True,
+        type=Path,
+        help="Parquet file or folder: user_id, history_item_ids (oldest first)[, history_texts]",
+    )
+    a.add("--output", required=True, type=Path, help="folder of part files (a rerun resumes)")
+    a.add("--engine", choices=["local", "ray"], default="local", help="who runs the engine")
+    a.add("--address", help="Ray cluster to join (default: start a local one)")
+    a.add("--batch-size", type=int, default=1024, help="users per batch (local: per part file)")
+    a.add("-k", "--k", type=int, default=10, help="items per user")
+    a.add("--clusters", type=int, default=3, help="clusters per user (0 = server default)")
+    a.add("--workers", type=int, default=2, help="Ray actors, each loading the bundle once")
+    a.add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="local engine device")
+    a.add("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
+    a.add("--quiet", action="store_true", help="no progress bar")
+    a.add("--log-level", default="INFO", help="logging level")
+
+    p = sub.add_parser(
         "demo", help="the whole path on the built-in demo data: train → export → serve → query"
     )
     a = EnvArgs(p, "DEMO")
@@ -448,6 +471,41 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(not r.errors for r in results) else 2
 
 
+def _score(args: argparse.Namespace) -> int:
+    from server.logs import configure
+
+    configure(args.log_level)
+    try:
+        from server.scoring import ScoreOptions, score, summary_dict
+
+        summary = score(
+            ScoreOptions(
+                bundle=args.bundle,
+                input=args.input,
+                output=args.output,
+                engine=args.engine,
+                batch_size=args.batch_size,
+                k=args.k,
+                num_clusters=args.clusters,
+                device=args.device,
+                threads=args.threads,
+                workers=args.workers,
+                address=args.address,
+                progress=not args.quiet,
+            )
+        )
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pyarrow", "ray"):
+            raise
+        print(
+            f"irec score: needs {exc.name} (missing module): pip install 'irec[cpu,ray]'",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(summary_dict(summary)))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoConfig, run_demo
 
@@ -470,6 +528,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "query": _query,
     "bench": _bench,
     "demo": _demo,
+    "score": _score,
 }
 
 

@@ -135,13 +135,21 @@ class RecommenderEngine:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of free texts [len(texts), dim]."""
+        self.check_texts(texts)
+        return self.bundle.encoder.encode(texts)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of already checked texts (the Embed batcher's run)."""
+        return self.bundle.encoder.encode(texts)
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """Raise InvalidArgument naming the field if Embed texts are out of bounds."""
         if not texts:
             raise InvalidArgument("texts", "empty: give at least one text")
         _check_texts("texts", texts, self.limits)
         for position, text in enumerate(texts):
             if not text.strip():
                 raise InvalidArgument(f"texts[{position}]", "empty text")
-        return self.bundle.encoder.encode(texts)
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         """Clusters and ranked items for one history (unbatched: prepare → encode → finish)."""

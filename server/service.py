@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
 from server.catalogue import NewItem
 from server.engine import Recommendation, RecommendQuery, RetrievalMode
@@ -166,8 +167,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def _embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
         arrived = time.perf_counter()
         texts = list(request.texts)
-        engine = self.state.current().engine
-        vectors, queue_ms = await self._run(lambda: engine.embed(texts))
+        loaded = self.state.current()
+        loaded.engine.check_texts(texts)
+        engine = loaded.engine
+        # One batcher item per text: texts of concurrent calls share encoder runs.
+        answers = await asyncio.gather(*(loaded.text_batcher.submit(t) for t in texts))
+        vectors = np.stack([vector for vector, *_ in answers])
+        queue_ms = max(answer[1] for answer in answers)
         return pb.EmbedResponse(
             request_id=request.request_id,
             embeddings=[pb.Embedding(values=v.tolist()) for v in vectors],

@@ -27,10 +27,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Loaded:
-    """One loaded, warmed bundle with the batcher that feeds its encoder."""
+    """One loaded, warmed bundle with the batchers that feed its encoder.
+
+    `batcher` gathers Recommend queries (histories → user vectors); `text_batcher`
+    gathers the texts of Embed calls, one item per text, so Embed batches across calls
+    and streams just as Recommend does.
+    """
 
     engine: RecommenderEngine
     batcher: MicroBatcher[PreparedQuery]
+    text_batcher: MicroBatcher[str]
+
+    async def drain_and_close(self) -> None:
+        """After a swap: let both batchers finish their work, then stop them."""
+        await asyncio.gather(self.batcher.drain_and_close(), self.text_batcher.drain_and_close())
+
+    async def close(self) -> None:
+        """Stop both batchers."""
+        await asyncio.gather(self.batcher.close(), self.text_batcher.close())
 
     @property
     def version(self) -> str:
@@ -59,7 +73,11 @@ class ServingState:
         self.config = config
         self.executor = executor
         self.metrics = metrics or Metrics()
-        self.metrics.watch_queue(lambda: self._loaded.batcher.depth if self._loaded else 0)
+        self.metrics.watch_queue(
+            lambda: (
+                self._loaded.batcher.depth + self._loaded.text_batcher.depth if self._loaded else 0
+            )
+        )
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
 
@@ -95,7 +113,18 @@ class ServingState:
                 tokenize_clock=engine.take_tokenize_ms,
                 max_running=self.config.workers,
             )
-            new = Loaded(engine, batcher)
+            text_batcher: MicroBatcher[str] = MicroBatcher(
+                engine.encode_texts,
+                len,
+                self.executor,
+                max_batch=self.config.max_batch,
+                max_wait_ms=self.config.max_wait_ms,
+                max_queue=self.config.max_queue,
+                on_batch=self.metrics.batch_size.observe,
+                tokenize_clock=engine.take_tokenize_ms,
+                max_running=self.config.workers,
+            )
+            new = Loaded(engine, batcher, text_batcher)
             old, self._loaded = self._loaded, new
             self.metrics.serving(new.version)
             load_ms = (time.perf_counter() - started) * 1e3
@@ -106,7 +135,7 @@ class ServingState:
                 load_ms,
             )
             if old is not None:
-                loop.create_task(old.batcher.drain_and_close())
+                loop.create_task(old.drain_and_close())
             return new, old, load_ms
 
     async def watch(self, folder: Path, interval_s: float = 2.0) -> None:
@@ -135,7 +164,7 @@ class ServingState:
     async def close(self) -> None:
         """Stop the current batcher."""
         if self._loaded is not None:
-            await self._loaded.batcher.close()
+            await self._loaded.close()
 
 
 def _newest_bundle(folder: Path) -> tuple[Path, Manifest, float] | None:

@@ -39,10 +39,19 @@ class Config:
         return f"{self.device} {self.variant}" + (" + IO binding" if self.io_binding else "")
 
 
+def _one_token_word(encoder: TextEncoder) -> str:
+    """A word the tokenizer keeps whole ("movie" in MiniLM's vocabulary)."""
+    candidates = ["movie", "the", "film", "a"] + sorted(encoder.tokenizer.get_vocab())
+    for word in candidates:
+        if word.isalpha() and len(encoder.tokenizer.encode(f"{word} {word}").ids) == 4:
+            return word
+    raise ValueError("no single-token word in the vocabulary")
+
+
 def shaped_texts(encoder: TextEncoder, batch: int, tokens: int) -> list[str]:
     """`batch` texts of exactly `tokens` tokens (special tokens included)."""
-    words = ["movie"] * max(tokens - 2, 1)
-    text = " ".join(words)
+    word = _one_token_word(encoder)
+    text = " ".join([word] * max(tokens - 2, 1))
     got = len(encoder.tokenizer.encode(text).ids)
     if got != tokens:
         raise ValueError(f"built a {got}-token text for {tokens} tokens")

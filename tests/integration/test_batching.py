@@ -106,3 +106,26 @@ def test_stream_limit_and_message_size_limit(bundle_dir):
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             # Still serving after both refusals.
             assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
+
+
+def test_concurrent_embed_calls_share_encoder_runs(live_server):
+    loaded = live_server.running.state.current()
+    batcher, engine = loaded.text_batcher, loaded.engine
+    before = batcher.stats.batches, batcher.stats.items
+    texts = [f"{w} films about {w} and more {w}" for w in ("jazz", "space", "horror", "war")] * 12
+    with grpc.insecure_channel(live_server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(
+                pool.map(lambda t: stub.Embed(pb.EmbedRequest(texts=[t, t.upper()])), texts)
+            )
+        streamed = list(stub.EmbedStream(iter([pb.EmbedRequest(request_id="s", texts=texts[:3])])))
+    batches, items = batcher.stats.batches - before[0], batcher.stats.items - before[1]
+    assert items == 2 * len(texts) + 3
+    assert batches < 2 * len(texts), "no Embed text shared an encoder run"
+    for text, answer in zip(texts, answers, strict=True):
+        alone = engine.embed([text, text.upper()])
+        got = [list(e.values) for e in answer.embeddings]
+        assert len(got) == 2
+        assert min(float(a @ b) for a, b in zip(alone, got, strict=True)) > 0.98
+    assert len(streamed[0].embeddings) == 3

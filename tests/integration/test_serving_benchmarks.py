@@ -1,0 +1,37 @@
+"""The serving benchmarks' cores on the tiny bundle: they run and measure what they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.benchmarks import encoder_latency, floor
+from server.config import ServerConfig
+from server.loadgen import LoadSpec, item_ids_from_bundle
+from server.serving import load_engine
+
+
+def test_encoder_latency_builds_exact_shapes_and_times_each(bundle_dir: Path) -> None:
+    encoders = encoder_latency.build_encoders(bundle_dir, ["cpu"], threads=1)
+    encoder = next(iter(encoders.values()))
+    for batch, tokens in [(1, 16), (3, 24)]:
+        texts = encoder_latency.shaped_texts(encoder, batch, tokens)
+        assert len(texts) == batch
+        assert all(len(encoder.tokenizer.encode(t).ids) == tokens for t in texts)
+    rows = encoder_latency.run(encoders, [(1, 16), (4, 24)], repeats=2)
+    assert [r["shape"] for r in rows] == ["1×16", "4×24"]
+    assert all(float(r["median_ms"]) > 0 for r in rows)  # type: ignore[arg-type]
+    assert "| cpu int8 | 4×24 |" in encoder_latency.format_rows(rows)
+    assert encoder_latency.parse_shapes("1x32, 32x64") == [(1, 32), (32, 64)]
+
+
+def test_floor_measures_the_same_queries_in_process(bundle_dir: Path) -> None:
+    engine = load_engine(bundle_dir, ServerConfig(bundle=bundle_dir, device="cpu"))
+    spec = LoadSpec(target="unused", item_ids=item_ids_from_bundle(bundle_dir), history_length=5)
+    queries = floor._queries(spec)[:20]
+    assert all(len(q.history_item_ids) == 5 for q in queries)
+    times = floor.in_process_latency_ms(engine, queries)
+    assert len(times) == 20 and min(times) > 0
+    assert floor.in_process_throughput(engine, queries, batch=8, seconds=0.2) > 0
+    row = floor.FloorRow("x", served=3.0, floor=2.0, goal="≤ 1.10")
+    assert row.ratio == 1.5
+    assert "| x | 3.00 | 2.00 | 1.50 | ≤ 1.10 |" in floor.format_rows([row])
