@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 50051
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint typecheck proto proto-check serve clean
+.PHONY: help venv demo test test-fast lint typecheck proto proto-check serve clean bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,5 +50,9 @@ proto-check: $(STAMP) ## fail if server/generated is stale
 serve: $(STAMP) ## serve the demo bundle (run `make demo` first) on PORT
 	$(BIN)/irec serve --bundle demo-output/bundles/demo --port $(PORT)
 
-clean: ## remove the virtualenv, demo output and caches
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+bench-peer: $(STAMP) ## irec Embed vs FastAPI+sentence-transformers vs infinity-emb (BUNDLE=...)
+	bash export/benchmarks/setup_peer_venv.sh
+	$(BIN)/python -m export.benchmarks.peer --bundle $(or $(BUNDLE),demo-output/bundles/demo) --out reports/bench-peer.md
+
+clean: ## remove the virtualenvs, demo output and caches
+	rm -rf $(VENV) .venv-peer demo-output .pytest_cache .mypy_cache .ruff_cache

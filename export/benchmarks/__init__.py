@@ -1,0 +1,1 @@
+"""Benchmarks of exported bundles and the servers that serve them."""
