@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
-from server.engine import PreparedQuery, RecommenderEngine
+from server.engine import PreparedQuery, Recommendation, RecommenderEngine
 from server.generated.inference import grpc_service_pb2 as kpb
 from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
 from server.generated.recsys.v1 import recommender_pb2 as pb
@@ -61,7 +61,7 @@ class RunningServer:
         return self.state.current().engine
 
     @property
-    def batcher(self) -> MicroBatcher[PreparedQuery]:
+    def batcher(self) -> MicroBatcher[PreparedQuery, Recommendation]:
         """The batcher of the bundle served now."""
         return self.state.current().batcher
 

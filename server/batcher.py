@@ -19,11 +19,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import numpy as np
-
 from server.errors import Overloaded
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Within one gathered batch, start a new ONNX run when the next input is this many
 # times longer than the shortest of the current run (padding would dominate).
@@ -48,19 +47,19 @@ class BatchStats:
 
 
 @dataclass
-class _Pending(Generic[T]):
+class _Pending(Generic[T, R]):
     item: T
     cost: int
-    future: asyncio.Future[tuple[np.ndarray, float, float, float]]
+    future: asyncio.Future[tuple[R, float, float, float]]
     enqueued: float
 
 
-class MicroBatcher(Generic[T]):
-    """Gathers items into batches for `run_batch(items) -> vectors [len(items), dim]`."""
+class MicroBatcher(Generic[T, R]):
+    """Gathers items into batches for `run_batch(items) -> one result per item`."""
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[T]], np.ndarray],
+        run_batch: Callable[[Sequence[T]], Sequence[R]],
         cost: Callable[[T], int],
         executor: Executor,
         max_batch: int = 32,
@@ -80,7 +79,7 @@ class MicroBatcher(Generic[T]):
         self.max_queue = max_queue
         self.stats = BatchStats()
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._running = 0
         # Encoder runs started and not finished. Work is taken off the queue only when
@@ -93,13 +92,13 @@ class MicroBatcher(Generic[T]):
         """Items waiting to be batched."""
         return self._queue.qsize()
 
-    async def submit(self, item: T) -> tuple[np.ndarray, float, float, float]:
+    async def submit(self, item: T) -> tuple[R, float, float, float]:
         """The item's vector and the ms it waited, its batch tokenized, and its batch encoded."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._collect())
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"server overloaded: {self._queue.qsize()} requests waiting; retry")
-        future: asyncio.Future[tuple[np.ndarray, float, float, float]] = (
+        future: asyncio.Future[tuple[R, float, float, float]] = (
             asyncio.get_running_loop().create_future()
         )
         self._queue.put_nowait(_Pending(item, self.cost(item), future, time.perf_counter()))
@@ -148,14 +147,14 @@ class MicroBatcher(Generic[T]):
                     await self._run_slots.acquire()
                 loop.create_task(self._run(group))
 
-    def _timed_run(self, items: Sequence[T]) -> tuple[np.ndarray, float]:
+    def _timed_run(self, items: Sequence[T]) -> tuple[Sequence[R], float]:
         """Run a batch on a pool thread; also return the ms of it that went to tokenizing."""
         if self.tokenize_clock is not None:
             self.tokenize_clock()  # reset whatever this thread counted before
         vectors = self.run_batch(items)
         return vectors, (self.tokenize_clock() if self.tokenize_clock is not None else 0.0)
 
-    async def _run(self, group: list[_Pending[T]]) -> None:
+    async def _run(self, group: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
         self._running += 1
         try:
@@ -180,9 +179,9 @@ class MicroBatcher(Generic[T]):
                 p.future.set_result((vector, queue_ms, tokenize_ms, encode_ms))
 
 
-def _by_length(batch: list[_Pending[T]]) -> list[list[_Pending[T]]]:
+def _by_length(batch: list[_Pending[T, R]]) -> list[list[_Pending[T, R]]]:
     """Split a batch, sorted by cost, wherever the cost jumps past LENGTH_SPREAD."""
-    groups: list[list[_Pending[T]]] = []
+    groups: list[list[_Pending[T, R]]] = []
     for pending in sorted(batch, key=lambda p: p.cost):
         if groups and pending.cost <= max(groups[-1][0].cost, 8) * LENGTH_SPREAD:
             groups[-1].append(pending)

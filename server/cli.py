@@ -272,7 +272,12 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("-k", "--k", type=int, default=10, help="items per user")
     a.add("--clusters", type=int, default=3, help="clusters per user (0 = server default)")
     a.add("--workers", type=int, default=2, help="Ray actors, each loading the bundle once")
-    a.add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="local engine device")
+    a.add(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="ONNX Runtime device (ray: one GPU per actor where the cluster has GPUs)",
+    )
     a.add("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
     a.add("--quiet", action="store_true", help="no progress bar")
     a.add("--log-level", default="INFO", help="logging level")

@@ -181,6 +181,18 @@ class RecommenderEngine:
             return len(texts)
         return len(self._render(rows, texts))
 
+    def recommend_batch(self, queries: Sequence[PreparedQuery]) -> list[Recommendation]:
+        """The batcher's run: one encoder (and head) run, then clusters and search per query.
+
+        Done in one pool thread so a request crosses the event loop / thread boundary
+        once. Each result's `timing.encode_ms` is the whole batch's encoder run
+        (tokenizing included; the batcher reports that part separately).
+        """
+        started = time.perf_counter()
+        users = self.user_vectors(queries)
+        encode_ms = (time.perf_counter() - started) * 1e3
+        return [self.finish(q, u, encode_ms) for q, u in zip(queries, users, strict=True)]
+
     def take_tokenize_ms(self) -> float:
         """Tokenizing ms of this thread's encoder runs since the last call."""
         return self.bundle.encoder.take_tokenize_ms()

@@ -149,7 +149,8 @@ def _is_string(kind: pa.DataType) -> bool:
 
 def _is_string_list(kind: pa.DataType) -> bool:
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
-    return bool(is_list and _is_string(kind.value_type))
+    # list<null>: every list empty (what pyarrow and pandas infer for that) is fine too.
+    return bool(is_list and (_is_string(kind.value_type) or pa.types.is_null(kind.value_type)))
 
 
 def check_input_schema(path: Path) -> bool:
@@ -405,7 +406,7 @@ class ScorerActor:
 class RayPlan:
     """How the actor pool uses the connected cluster."""
 
-    num_cpus: float | None  # per actor
+    num_cpus: float  # per actor
     num_gpus: float | None  # per actor
     device: str
     threads: int  # ONNX Runtime intra-op threads per actor
@@ -424,7 +425,9 @@ def _ray_plan(options: ScoreOptions) -> RayPlan:
             log.warning("--workers %d > %d GPUs: using %d actors", workers, gpus, gpus)
             workers = gpus
         threads = options.threads or max(1, int(resources.get("CPU", 1)) // workers)
-        return RayPlan(None, 1.0, "cuda", threads, workers)
+        return RayPlan(ACTOR_CPUS, 1.0, "cuda", threads, workers)
+    if options.device == "cuda":
+        raise ScoringError("--device cuda: the Ray cluster has no GPUs")
     cpus = int(resources.get("CPU", 1))
     if workers * ACTOR_CPUS >= cpus:
         log.warning(

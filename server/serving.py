@@ -14,10 +14,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from server.batcher import MicroBatcher
 from server.bundle import load_bundle
 from server.config import ServerConfig
-from server.engine import Limits, PreparedQuery, RecommenderEngine, RecommendQuery
+from server.engine import (
+    Limits,
+    PreparedQuery,
+    Recommendation,
+    RecommenderEngine,
+    RecommendQuery,
+)
 from server.errors import IrecError, Unavailable
 from server.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
 from server.metrics import Metrics
@@ -35,8 +43,8 @@ class Loaded:
     """
 
     engine: RecommenderEngine
-    batcher: MicroBatcher[PreparedQuery]
-    text_batcher: MicroBatcher[str]
+    batcher: MicroBatcher[PreparedQuery, Recommendation]
+    text_batcher: MicroBatcher[str, np.ndarray]
 
     async def drain_and_close(self) -> None:
         """After a swap: let both batchers finish their work, then stop them."""
@@ -102,8 +110,8 @@ class ServingState:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             engine = await loop.run_in_executor(None, load_engine, path, self.config)
-            batcher = MicroBatcher(
-                engine.user_vectors,
+            batcher: MicroBatcher[PreparedQuery, Recommendation] = MicroBatcher(
+                engine.recommend_batch,
                 lambda q: q.cost,
                 self.executor,
                 max_batch=self.config.max_batch,
@@ -113,8 +121,8 @@ class ServingState:
                 tokenize_clock=engine.take_tokenize_ms,
                 max_running=self.config.workers,
             )
-            text_batcher: MicroBatcher[str] = MicroBatcher(
-                engine.encode_texts,
+            text_batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
+                lambda texts: list(engine.encode_texts(texts)),
                 len,
                 self.executor,
                 max_batch=self.config.max_batch,
