@@ -113,21 +113,49 @@ def test_a_withdrawn_request_costs_no_encoder_time():
 
     def run_batch(items):
         seen.extend(items)
+        if "busy" in items:
+            time.sleep(0.2)  # keeps the only run slot taken: later items wait in the queue
         return np.zeros((len(items), 1))
 
     async def scenario():
         batcher = MicroBatcher(
-            run_batch, lambda i: 1, ThreadPoolExecutor(1), max_batch=8, max_wait_ms=50
+            run_batch,
+            lambda i: 1,
+            ThreadPoolExecutor(1),
+            max_batch=8,
+            max_wait_ms=50,
+            max_running=1,
         )
+        busy = asyncio.ensure_future(batcher.submit("busy"))
+        await asyncio.sleep(0.05)
         doomed = asyncio.ensure_future(batcher.submit("late"))
         kept = asyncio.ensure_future(batcher.submit("kept"))
         await asyncio.sleep(0.005)
         doomed.cancel()  # e.g. its deadline passed or the client went away
-        await kept
+        await asyncio.gather(busy, kept)
         await batcher.close()
 
     run(scenario())
-    assert seen == ["kept"]
+    assert seen == ["busy", "kept"]
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    async def scenario():
+        batcher = MicroBatcher(
+            lambda items: np.zeros((len(items), 1)),
+            lambda i: 1,
+            ThreadPoolExecutor(1),
+            max_batch=8,
+            max_wait_ms=500,
+        )
+        started = time.perf_counter()
+        _, queue_ms, _, _ = await batcher.submit("alone")
+        elapsed = time.perf_counter() - started
+        await batcher.close()
+        return queue_ms, elapsed
+
+    queue_ms, elapsed = run(scenario())
+    assert queue_ms < 250 and elapsed < 0.25  # not the 500 ms max wait
 
 
 def test_not_ready_is_unavailable(tmp_path):
