@@ -170,26 +170,10 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         nearest = np.argmax(unit @ centroids.T, axis=1)
         for offset, c in enumerate(nearest):
             clusters[int(c)]["item_rows"] = [*clusters[int(c)]["item_rows"], trained_items + offset]
-    with (stage / fmt.ITEMS_FILE).open("w", encoding="utf-8") as handle:
-        for r in records:
-            handle.write(json.dumps({"id": r["id"], "title": r["title"], "text": r["text"]}) + "\n")
+    write_items(stage, records)
     np.save(stage / fmt.ITEM_EMBEDDINGS_FILE, item_embeddings)
     np.save(stage / fmt.CENTROIDS_FILE, centroids)
-    (stage / fmt.CLUSTERS_FILE).write_text(
-        json.dumps(
-            {
-                "clusters": [
-                    {
-                        "id": c["id"],
-                        "description": c["description"],
-                        "size": c["size"],
-                        "item_rows": c["item_rows"],
-                    }
-                    for c in clusters
-                ]
-            }
-        )
-    )
+    write_clusters(stage, clusters)
 
     print("[export] HNSW indexes: all items and one per cluster", flush=True)
     all_rows = list(range(len(records)))
@@ -207,20 +191,11 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
     recall = recall_at_k(index, item_embeddings, queries, hnsw)
     if recall < options.min_recall:
         raise ExportError(f"HNSW recall@10 {recall:.3f} is below {options.min_recall}")
-    for c in clusters:
-        save_index(
-            build_index(item_embeddings, c["item_rows"], hnsw),
-            stage / fmt.cluster_index_file(int(c["id"])),
-        )
+    write_cluster_indexes(stage, item_embeddings, clusters, hnsw)
 
-    files = {
-        p.relative_to(stage).as_posix(): fmt.sha256_file(p)
-        for p in sorted(stage.rglob("*"))
-        if p.is_file()
-    }
+    files = checksum_files(stage)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    content_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]
-    version = options.version or f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{content_hash}"
+    version = options.version or new_version(files)
     manifest = fmt.Manifest(
         schema_version=fmt.SCHEMA_VERSION,
         bundle_version=version,
@@ -253,6 +228,58 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         flush=True,
     )
     return manifest
+
+
+def write_items(stage: Path, records: list[dict]) -> None:
+    """items.jsonl: one {id, title, text} object per line, row = index label."""
+    with (stage / fmt.ITEMS_FILE).open("w", encoding="utf-8") as handle:
+        for r in records:
+            handle.write(json.dumps({"id": r["id"], "title": r["title"], "text": r["text"]}) + "\n")
+
+
+def write_clusters(stage: Path, clusters: list[dict]) -> None:
+    """clusters.json: id, description, size and item rows of each cluster."""
+    (stage / fmt.CLUSTERS_FILE).write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {
+                        "id": c["id"],
+                        "description": c["description"],
+                        "size": c["size"],
+                        "item_rows": c["item_rows"],
+                    }
+                    for c in clusters
+                ]
+            }
+        )
+    )
+
+
+def write_cluster_indexes(
+    stage: Path, item_embeddings: np.ndarray, clusters: list[dict], hnsw: fmt.HnswParams
+) -> None:
+    """One HNSW index per cluster over its item rows (global labels)."""
+    for c in clusters:
+        save_index(
+            build_index(item_embeddings, c["item_rows"], hnsw),
+            stage / fmt.cluster_index_file(int(c["id"])),
+        )
+
+
+def checksum_files(stage: Path) -> dict[str, str]:
+    """The manifest's files table: sha256 of every file under `stage`, by relative path."""
+    return {
+        p.relative_to(stage).as_posix(): fmt.sha256_file(p)
+        for p in sorted(stage.rglob("*"))
+        if p.is_file()
+    }
+
+
+def new_version(files: dict[str, str]) -> str:
+    """A bundle version: UTC timestamp and a short hash of the files table."""
+    content_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{content_hash}"
 
 
 def _add_new_items(
