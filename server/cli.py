@@ -107,6 +107,15 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add("--eval-users", type=int, default=1000, help="users sampled for the leave-one-out check")
     a.add("--seed", type=int, default=0, help="random seed")
     a.add("--quiet", action="store_true", help="no progress bars")
+    a.add(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one process; ray: Ray Train fine-tuning, Ray Data embedding, "
+        "mini-batch K-Means (needs the `ray` extra)",
+    )
+    a.add("--address", help="Ray cluster address for --engine ray (default: a local Ray)")
+    a.add("--ray-workers", type=int, default=2, help="Ray Train workers and embedding actors")
 
     p = sub.add_parser("eval", help="the leave-one-out quality protocol with baselines → report")
     a = EnvArgs(p, "EVAL")
@@ -318,6 +327,9 @@ def _train(args: argparse.Namespace) -> int:
                 seed=args.seed,
             ),
             progress=not args.quiet,
+            engine=args.engine,
+            ray_address=args.address,
+            ray_workers=args.ray_workers,
         )
     )
     return 0

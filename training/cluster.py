@@ -123,7 +123,6 @@ def cluster_users(
         raise ValueError(f"--clusters {k}: need 1..{len(user_embeddings)} (number of users)")
     model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(user_embeddings)
     labels = model.labels_.astype(np.int64)
-    centroids = _normalise(model.cluster_centers_.astype(np.float32))
     silhouette = (
         float(
             silhouette_score(
@@ -137,6 +136,23 @@ def cluster_users(
         if 1 < k < len(user_embeddings)
         else 0.0
     )
+    return describe_clustering(
+        model.cluster_centers_, labels, item_embeddings, user_items, terms, silhouette, k_scores
+    )
+
+
+def describe_clustering(
+    centers: np.ndarray,
+    labels: np.ndarray,
+    item_embeddings: np.ndarray,
+    user_items: Sequence[Sequence[int]],
+    terms: Sequence[Sequence[str]],
+    silhouette: float,
+    k_scores: dict[int, float],
+) -> Clustering:
+    """Unit centroids, each cluster's item set and description, from a fitted clustering."""
+    k = len(centers)
+    centroids = _normalise(centers.astype(np.float32))
     nearest = np.argmax(item_embeddings @ centroids.T, axis=1)
     item_rows = []
     for c in range(k):

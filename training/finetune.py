@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -78,6 +79,118 @@ def in_batch_loss(
     return torch.nn.functional.cross_entropy(logits, labels)
 
 
+class PairEncoder(nn.Module):
+    """Histories and their target items through one shared encoder in a single forward call.
+
+    One call per step keeps DistributedDataParallel (Ray Train) to one forward per backward.
+    """
+
+    def __init__(self, encoder: MeanPoolEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self, histories: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(history embeddings, item embeddings), both unit rows."""
+        return self.encoder(**histories), self.encoder(**items)
+
+
+# One step's input: tokenized histories, tokenized target items, target rows.
+ContrastiveBatch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+
+
+def collate_pairs(
+    pairs: Sequence[TrainingPair],
+    tokenizer: PreTrainedTokenizerBase,
+    item_texts: Sequence[str],
+    config: FinetuneConfig,
+) -> ContrastiveBatch:
+    """Render and tokenize one batch of pairs (also a DataLoader collate_fn via partial)."""
+    histories = [render_history([item_texts[r] for r in p.history]) for p in pairs]
+    targets = [p.target for p in pairs]
+    return (
+        tokenize(tokenizer, histories, config.history_max_length),
+        tokenize(tokenizer, [item_texts[t] for t in targets], config.item_max_length),
+        torch.tensor(targets),
+    )
+
+
+def plan_steps(
+    sequences: Sequence[Sequence[int]], config: FinetuneConfig, workers: int = 1
+) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps); each step takes batch_size pairs per worker."""
+    per_epoch = sum(1 for s in sequences if len(s) >= 2) * config.samples_per_user
+    steps_per_epoch = max(1, per_epoch // (config.batch_size * workers))
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return total_steps, max(1, int(total_steps * config.warmup_ratio))
+
+
+def make_optimizer(
+    model: nn.Module, config: FinetuneConfig, total_steps: int, warmup: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with linear warmup then linear decay to zero."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(
+            (step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))
+        ),
+    )
+    return optimizer, scheduler
+
+
+def pair_batches(
+    sequences: Sequence[Sequence[int]], config: FinetuneConfig, rng: random.Random
+) -> Iterator[list[TrainingPair]]:
+    """Endless batches of pairs; pairs are resampled when fewer than a batch remain."""
+    pairs: list[TrainingPair] = []
+    while True:
+        if len(pairs) < config.batch_size:
+            pairs = sample_pairs(sequences, config.samples_per_user, config.max_history_items, rng)
+            if len(pairs) < 2:
+                raise ValueError("fine-tuning needs at least two users with two or more items")
+        batch, pairs = pairs[: config.batch_size], pairs[config.batch_size :]
+        yield batch
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterable[ContrastiveBatch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    total_steps: int,
+    config: FinetuneConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> list[float]:
+    """The contrastive loop both engines run; `model` is a PairEncoder (DDP-wrapped on Ray)."""
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress)
+    for h_inputs, i_inputs, targets in batches:
+        if len(losses) >= total_steps:
+            break
+        users, items = model(
+            {k: v.to(device) for k, v in h_inputs.items()},
+            {k: v.to(device) for k, v in i_inputs.items()},
+        )
+        loss = in_batch_loss(users, items, targets.to(device), config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.item()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    model.eval()
+    return losses
+
+
 def finetune(
     encoder: MeanPoolEncoder,
     tokenizer: PreTrainedTokenizerBase,
@@ -90,45 +203,11 @@ def finetune(
     """Fine-tune the encoder in place on (history, next item) pairs; return the loss per step."""
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    per_epoch = sum(1 for s in sequences if len(s) >= 2) * config.samples_per_user
-    steps_per_epoch = max(1, per_epoch // config.batch_size)
-    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup = max(1, int(total_steps * config.warmup_ratio))
-
-    encoder.to(device).train()
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(
-            (step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))
-        ),
+    total_steps, warmup = plan_steps(sequences, config)
+    model = PairEncoder(encoder.to(device))
+    optimizer, scheduler = make_optimizer(model, config, total_steps, warmup)
+    batches = (
+        collate_pairs(batch, tokenizer, item_texts, config)
+        for batch in pair_batches(sequences, config, rng)
     )
-    losses: list[float] = []
-    pairs: list[TrainingPair] = []
-    bar = tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress)
-    while len(losses) < total_steps:
-        if len(pairs) < config.batch_size:
-            pairs = sample_pairs(sequences, config.samples_per_user, config.max_history_items, rng)
-            if len(pairs) < 2:
-                raise ValueError("fine-tuning needs at least two users with two or more items")
-        batch, pairs = pairs[: config.batch_size], pairs[config.batch_size :]
-        histories = [render_history([item_texts[r] for r in p.history]) for p in batch]
-        targets = [p.target for p in batch]
-        h_inputs = tokenize(tokenizer, histories, config.history_max_length)
-        i_inputs = tokenize(tokenizer, [item_texts[t] for t in targets], config.item_max_length)
-        users = encoder(**{k: v.to(device) for k, v in h_inputs.items()})
-        items = encoder(**{k: v.to(device) for k, v in i_inputs.items()})
-        loss = in_batch_loss(users, items, torch.tensor(targets, device=device), config.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(float(loss.item()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    bar.close()
-    encoder.eval()
-    return losses
+    return train_steps(model, batches, optimizer, scheduler, total_steps, config, device, progress)

@@ -23,15 +23,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 from server.history import render_history
-from training.cluster import cluster_users, item_terms
+from training.cluster import Clustering, cluster_users, item_terms
 from training.data import Dataset, load_spec
 from training.encoder import (
     DEFAULT_MODEL_NAME,
+    MeanPoolEncoder,
     embed_texts,
     load_encoder,
     pick_device,
@@ -56,6 +58,10 @@ class TrainConfig:
     eval_users: int = 1000
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     progress: bool = True
+    # "local": one process; "ray": Ray Train / Ray Data (training.ray_engine).
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 2
 
 
 class StageTimer:
@@ -74,12 +80,98 @@ class StageTimer:
         print(f"[train] {name} done in {self.seconds[name]:.1f} s", flush=True)
 
 
+class TrainingEngine(Protocol):
+    """Where fine-tuning, embedding and clustering run: LocalEngine or ray_engine.RayEngine."""
+
+    device: Any  # where the driver keeps the encoder (torch.device)
+
+    def embed(
+        self,
+        encoder: MeanPoolEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: list[str],
+        max_length: int,
+        desc: str,
+    ) -> np.ndarray:
+        """Embeddings [len(texts), dim] in text order."""
+
+    def finetune(
+        self,
+        encoder: MeanPoolEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: list[str],
+        sequences: list[list[int]],
+        config: FinetuneConfig,
+    ) -> tuple[MeanPoolEncoder, list[float]]:
+        """The fine-tuned encoder and the loss per step."""
+
+    def cluster(
+        self,
+        user_embeddings: np.ndarray,
+        item_embeddings: np.ndarray,
+        user_items: list[list[int]],
+        terms: list[list[str]],
+        k: int | None,
+        seed: int,
+    ) -> Clustering:
+        """Users' clusters."""
+
+
+class LocalEngine:
+    """Fine-tune, embed and cluster in this process (the default engine)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.device = pick_device()
+        self.progress = progress
+
+    def embed(
+        self,
+        encoder: MeanPoolEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: list[str],
+        max_length: int,
+        desc: str,
+    ) -> np.ndarray:
+        """Embeddings [len(texts), dim]."""
+        return embed_texts(encoder, tokenizer, texts, max_length, desc=desc, progress=self.progress)
+
+    def finetune(
+        self,
+        encoder: MeanPoolEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: list[str],
+        sequences: list[list[int]],
+        config: FinetuneConfig,
+    ) -> tuple[MeanPoolEncoder, list[float]]:
+        """Fine-tune in place; the same encoder and the loss per step."""
+        losses = finetune(
+            encoder, tokenizer, texts, sequences, config, self.device, progress=self.progress
+        )
+        return encoder, losses
+
+    cluster = staticmethod(cluster_users)
+
+
 def _histories(texts: list[str], sequences: list[list[int]], max_items: int) -> list[str]:
     return [render_history([texts[r] for r in seq[-max_items:]]) for seq in sequences]
 
 
 def train(config: TrainConfig) -> Path:
     """Run the whole training pipeline and write the run folder; return its path."""
+    if config.engine == "ray":
+        from training.ray_engine import RayEngine
+
+        storage = config.out.with_name(config.out.name + ".ray")
+        with RayEngine(
+            config.ray_address, config.ray_workers, storage, config.progress
+        ) as ray_engine:
+            return _train(config, ray_engine)
+    if config.engine != "local":
+        raise ValueError(f"engine {config.engine!r}: expected 'local' or 'ray'")
+    return _train(config, LocalEngine(config.progress))
+
+
+def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
     timer = StageTimer()
     ft = config.finetune
     with timer.stage("load data"):
@@ -107,26 +199,22 @@ def train(config: TrainConfig) -> Path:
     train_sequences = [s[:-1] if len(s) >= 3 else s for s in sequences]
 
     model_dir = resolve_model_dir(config.model)
-    device = pick_device()
     encoder, tokenizer = load_encoder(model_dir)
-    encoder.to(device)
+    encoder.to(engine.device)
     metrics: dict[str, dict[str, float]] = {}
 
     def evaluate(name: str, item_vectors: np.ndarray) -> None:
-        queries = embed_texts(
+        queries = engine.embed(
             encoder,
             tokenizer,
             _histories(texts, eval_histories, ft.max_history_items),
             ft.history_max_length,
             desc=f"eval {name}",
-            progress=config.progress,
         )
         metrics[name] = rank_metrics(queries @ item_vectors.T, eval_histories, eval_targets)
 
     with timer.stage("evaluate pretrained encoder"):
-        pretrained_items = embed_texts(
-            encoder, tokenizer, texts, ft.item_max_length, desc="items", progress=config.progress
-        )
+        pretrained_items = engine.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
         evaluate("pretrained encoder", pretrained_items)
         metrics["popularity"] = rank_metrics(
             popularity_scores(train_sequences, len(items), len(eval_rows)),
@@ -135,27 +223,22 @@ def train(config: TrainConfig) -> Path:
         )
 
     with timer.stage("fine-tune"):
-        losses = finetune(
-            encoder, tokenizer, texts, train_sequences, ft, device, progress=config.progress
-        )
+        encoder, losses = engine.finetune(encoder, tokenizer, texts, train_sequences, ft)
 
     with timer.stage("embed items and users"):
-        item_embeddings = embed_texts(
-            encoder, tokenizer, texts, ft.item_max_length, desc="items", progress=config.progress
-        )
+        item_embeddings = engine.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
         evaluate("fine-tuned encoder", item_embeddings)
-        user_embeddings = embed_texts(
+        user_embeddings = engine.embed(
             encoder,
             tokenizer,
             _histories(texts, sequences, ft.max_history_items),
             ft.history_max_length,
             desc="users",
-            progress=config.progress,
         )
 
     with timer.stage("cluster users"):
         terms = item_terms(list(items["categories"]), list(items["title"]))
-        clustering = cluster_users(
+        clustering = engine.cluster(
             user_embeddings, item_embeddings, sequences, terms, config.clusters, config.seed
         )
         print(
@@ -180,6 +263,7 @@ def train(config: TrainConfig) -> Path:
                 "data": config.data,
                 "seed": config.seed,
                 "clusters": config.clusters,
+                "engine": config.engine,
                 "finetune": asdict(config.finetune),
                 "metrics": metrics,
                 "loss": losses,
