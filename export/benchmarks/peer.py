@@ -880,16 +880,15 @@ async def _run(
         f"(seed {args.seed}), {describe_lengths(texts, count_tokens)}; "
         "latency = request sent → response decoded, successful requests only.",
         f"- irec: bundle `{args.bundle}` (int8 ONNX encoder), `irec serve` defaults otherwise "
-        "(4 worker threads; each Embed request runs on its own, not micro-batched). Peers: "
+        "(4 worker threads; Embed texts micro-batched across calls). Peers: "
         f"all-MiniLM-L6-v2 at `{model_dir}`, HF_HUB_OFFLINE=1; "
         + (peer_versions(python) if python.is_file() else "no peer venv")
         + ".",
         f"- Mean cosine to {reference.name}'s embeddings on 16 texts: "
         + (", ".join(f"{name} {c:.4f}" for name, c in cosines.items()) or "–")
         + " (irec serves fine-tuned weights, so only the peers should agree to ~1.0).",
-        "- ¹ `Recommend(history_texts=[text], k=1)` on the same server: the path that goes "
-        "through irec's request batcher (Embed runs each request on its own), and it also "
-        "scores clusters and searches HNSW. Not an embedding API; shown for the batching effect.",
+        "- ¹ `Recommend(history_texts=[text], k=1)` on the same server: it also scores "
+        "clusters and searches HNSW. Not an embedding API; shown for the whole path.",
     ]
     for name, reason in not_measured.items():
         report.append(f"- **{name} not measured**: {reason}")
