@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from server.errors import Overloaded
+from server.errors import Overloaded, Unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,7 +93,16 @@ class MicroBatcher(Generic[T, R]):
         return self._queue.qsize()
 
     async def submit(self, item: T) -> tuple[R, float, float, float]:
-        """The item's vector and the ms it waited, its batch tokenized, and its batch encoded."""
+        """The item's result and the ms it waited, its batch tokenized, and its batch encoded."""
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[tuple[R, float, float, float]]:
+        """Queue the item now (no await in between) and return the future of its answer.
+
+        Synchronous on purpose: a caller that picked this batcher before a bundle swap
+        has its item queued before the swap's drain looks at the queue, so the old
+        batcher serves it instead of dropping it. Cancel the future to withdraw the item.
+        """
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._collect())
         if self._queue.qsize() >= self.max_queue:
@@ -102,7 +111,7 @@ class MicroBatcher(Generic[T, R]):
             asyncio.get_running_loop().create_future()
         )
         self._queue.put_nowait(_Pending(item, self.cost(item), future, time.perf_counter()))
-        return await future
+        return future
 
     async def drain_and_close(self, timeout_s: float = 30.0) -> None:
         """After a swap: let queued and running work finish, then stop."""
@@ -112,13 +121,17 @@ class MicroBatcher(Generic[T, R]):
         await self.close()
 
     async def close(self) -> None:
-        """Stop the collector (pending callers get CancelledError)."""
+        """Stop the collector; anything still queued is answered UNAVAILABLE, never left hanging."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("batcher stopped; retry"))
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()

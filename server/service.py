@@ -123,16 +123,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         loaded = self.state.current()
         engine = loaded.engine
         prepared = engine.prepare(to_query(request))
-        submitted = loaded.batcher.submit(prepared)
-        if deadline is None:
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline passed before the request was encoded")
+        # Queued in this same step as current(): see MicroBatcher.enqueue.
+        submitted = loaded.batcher.enqueue(prepared)
+        if remaining is None:
             result, queue_ms, tokenize_ms, _ = await submitted
         else:
-            # A request still queued when its deadline passes is withdrawn (the batcher
-            # skips cancelled entries), so no encoder time goes to it.
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                submitted.close()
-                raise DeadlineExceeded("deadline passed before the request was encoded")
+            # A request still queued when its deadline passes is withdrawn (wait_for
+            # cancels the future; the batcher skips it), so no encoder time goes to it.
             try:
                 result, queue_ms, tokenize_ms, _ = await asyncio.wait_for(submitted, remaining)
             except asyncio.TimeoutError as exc:
@@ -171,7 +171,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         loaded.engine.check_texts(texts)
         engine = loaded.engine
         # One batcher item per text: texts of concurrent calls share encoder runs.
-        answers = await asyncio.gather(*(loaded.text_batcher.submit(t) for t in texts))
+        futures = []
+        try:
+            for text in texts:
+                futures.append(loaded.text_batcher.enqueue(text))
+        except Exception:
+            for future in futures:
+                future.cancel()  # the queue filled part-way: withdraw what went in
+            raise
+        answers = await asyncio.gather(*futures)
         vectors = np.stack([vector for vector, *_ in answers])
         queue_ms = max(answer[1] for answer in answers)
         return pb.EmbedResponse(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +33,8 @@ from server.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifes
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -110,27 +114,11 @@ class ServingState:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             engine = await loop.run_in_executor(None, load_engine, path, self.config)
-            batcher: MicroBatcher[PreparedQuery, Recommendation] = MicroBatcher(
-                engine.recommend_batch,
-                lambda q: q.cost,
-                self.executor,
-                max_batch=self.config.max_batch,
-                max_wait_ms=self.config.max_wait_ms,
-                max_queue=self.config.max_queue,
-                on_batch=self.metrics.batch_size.observe,
-                tokenize_clock=engine.take_tokenize_ms,
-                max_running=self.config.workers,
+            batcher: MicroBatcher[PreparedQuery, Recommendation] = self._batcher(
+                engine, engine.recommend_batch, lambda q: q.cost
             )
-            text_batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
-                lambda texts: list(engine.encode_texts(texts)),
-                len,
-                self.executor,
-                max_batch=self.config.max_batch,
-                max_wait_ms=self.config.max_wait_ms,
-                max_queue=self.config.max_queue,
-                on_batch=self.metrics.batch_size.observe,
-                tokenize_clock=engine.take_tokenize_ms,
-                max_running=self.config.workers,
+            text_batcher: MicroBatcher[str, np.ndarray] = self._batcher(
+                engine, lambda texts: list(engine.encode_texts(texts)), len
             )
             new = Loaded(engine, batcher, text_batcher)
             old, self._loaded = self._loaded, new
@@ -145,6 +133,25 @@ class ServingState:
             if old is not None:
                 loop.create_task(old.drain_and_close())
             return new, old, load_ms
+
+    def _batcher(
+        self,
+        engine: RecommenderEngine,
+        run: Callable[[Sequence[T]], Sequence[R]],
+        cost: Callable[[T], int],
+    ) -> MicroBatcher[T, R]:
+        """A batcher over `run` with the server's batching, queue and worker limits."""
+        return MicroBatcher(
+            run,
+            cost,
+            self.executor,
+            max_batch=self.config.max_batch,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+            tokenize_clock=engine.take_tokenize_ms,
+            max_running=self.config.workers,
+        )
 
     async def watch(self, folder: Path, interval_s: float = 2.0) -> None:
         """Serve the newest bundle (by manifest created_at) among folder's subfolders.
