@@ -82,6 +82,8 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._running = 0
+        # Items the collector has taken off the queue and not yet handed to a run.
+        self._held: list[_Pending[T, R]] = []
         # Encoder runs started and not finished. Work is taken off the queue only when
         # one is free, so requests wait in the queue (bounded by max_queue) and not in
         # the executor's unbounded backlog, which max_queue would not see.
@@ -116,7 +118,9 @@ class MicroBatcher(Generic[T, R]):
     async def drain_and_close(self, timeout_s: float = 30.0) -> None:
         """After a swap: let queued and running work finish, then stop."""
         deadline = time.perf_counter() + timeout_s
-        while (self._queue.qsize() or self._running) and time.perf_counter() < deadline:
+        while (
+            self._queue.qsize() or self._running or self._held
+        ) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         await self.close()
 
@@ -134,10 +138,21 @@ class MicroBatcher(Generic[T, R]):
                 pending.future.set_exception(Unavailable("batcher stopped; retry"))
 
     async def _collect(self) -> None:
+        try:
+            await self._collect_forever()
+        except asyncio.CancelledError:
+            # Stopped while holding items taken off the queue: answer them, never drop them.
+            for pending in self._held:
+                if not pending.future.done():
+                    pending.future.set_exception(Unavailable("batcher stopped; retry"))
+            raise
+
+    async def _collect_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._held = []
             await self._run_slots.acquire()  # released when the run it starts ends
-            batch = [await self._queue.get()]
+            batch = self._held = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             # Idle engine: go now. Busy engine: wait a little for company.
@@ -159,6 +174,8 @@ class MicroBatcher(Generic[T, R]):
                 if position > 0:
                     await self._run_slots.acquire()
                 loop.create_task(self._run(group))
+                dispatched = {id(p) for p in group}
+                self._held = [p for p in self._held if id(p) not in dispatched]
 
     def _timed_run(self, items: Sequence[T]) -> tuple[Sequence[R], float]:
         """Run a batch on a pool thread; also return the ms of it that went to tokenizing."""
