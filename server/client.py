@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -115,6 +116,16 @@ def _call_security(
     return credentials, ([("authorization", f"Bearer {token}")] if token else None)
 
 
+def open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, aio: bool = False
+) -> Any:
+    """A channel with the retry / load-balancing options: TLS when credentials are given."""
+    module: Any = grpc.aio if aio else grpc
+    if credentials is not None:
+        return module.secure_channel(target, credentials, CHANNEL_OPTIONS)
+    return module.insecure_channel(target, CHANNEL_OPTIONS)
+
+
 class RecommenderClient:
     """Blocking client over one channel: TLS / mTLS and a bearer token by option, retries."""
 
@@ -128,10 +139,7 @@ class RecommenderClient:
         token: str | None = None,
     ) -> None:
         credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
-        if credentials is not None:
-            self.channel = grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
+        self.channel: grpc.Channel = open_channel(target, credentials)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -177,10 +185,7 @@ class AsyncRecommenderClient:
         token: str | None = None,
     ) -> None:
         credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
-        if credentials is not None:
-            self.channel = grpc.aio.secure_channel(target, credentials, CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
+        self.channel: grpc.aio.Channel = open_channel(target, credentials, aio=True)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
 

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from server.client import CHANNEL_OPTIONS, _call_security
+from server.client import _call_security, open_channel
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.manifest import ITEMS_FILE
@@ -271,10 +271,7 @@ async def _stream_caller(
 async def _drive(spec: LoadSpec, callers: int, first: int, start_at: float) -> dict[str, Any]:
     """Run `callers` callers in this process; start_at is a shared wall-clock start."""
     credentials, metadata = _call_security(spec.tls_ca, None, None, spec.token)
-    if credentials is not None:
-        channel = grpc.aio.secure_channel(spec.target, credentials, CHANNEL_OPTIONS)
-    else:
-        channel = grpc.aio.insecure_channel(spec.target, CHANNEL_OPTIONS)
+    channel: grpc.aio.Channel = open_channel(spec.target, credentials, aio=True)
     async with channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
         await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)

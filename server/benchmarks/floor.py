@@ -34,6 +34,7 @@ from server.config import ServerConfig
 from server.engine import RecommenderEngine, RecommendQuery
 from server.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
 from server.process import spawn_server
+from server.service import to_query
 from server.serving import load_engine
 
 
@@ -53,12 +54,8 @@ class FloorRow:
 
 
 def _queries(spec: LoadSpec) -> list[RecommendQuery]:
-    return [
-        RecommendQuery(
-            history_item_ids=list(r.history_item_ids), history_texts=list(r.history_texts), k=r.k
-        )
-        for r in build_requests(spec)
-    ]
+    """The load generator's requests as the engine's queries (the servicer's own mapping)."""
+    return [to_query(r) for r in build_requests(spec)]
 
 
 def in_process_latency_ms(
