@@ -126,8 +126,10 @@ def open_channel(
     return module.insecure_channel(target, CHANNEL_OPTIONS)
 
 
-class RecommenderClient:
-    """Blocking client over one channel: TLS / mTLS and a bearer token by option, retries."""
+class _ClientBase:
+    """One channel with credentials, retries and balancing; a stub; a per-call timeout."""
+
+    AIO = False
 
     def __init__(
         self,
@@ -139,9 +141,13 @@ class RecommenderClient:
         token: str | None = None,
     ) -> None:
         credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
-        self.channel: grpc.Channel = open_channel(target, credentials)
+        self.channel: Any = open_channel(target, credentials, aio=self.AIO)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
+
+
+class RecommenderClient(_ClientBase):
+    """Blocking client over one channel: TLS / mTLS and a bearer token by option, retries."""
 
     def __enter__(self) -> RecommenderClient:
         return self
@@ -172,22 +178,10 @@ class RecommenderClient:
         )
 
 
-class AsyncRecommenderClient:
+class AsyncRecommenderClient(_ClientBase):
     """asyncio twin of RecommenderClient (grpc.aio channel, same retries and credentials)."""
 
-    def __init__(
-        self,
-        target: str,
-        timeout_s: float = 30.0,
-        tls_ca: Path | None = None,
-        tls_cert: Path | None = None,
-        tls_key: Path | None = None,
-        token: str | None = None,
-    ) -> None:
-        credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
-        self.channel: grpc.aio.Channel = open_channel(target, credentials, aio=True)
-        self.stub = pb_grpc.RecommenderServiceStub(self.channel)
-        self.timeout_s = timeout_s
+    AIO = True
 
     async def __aenter__(self) -> AsyncRecommenderClient:
         return self
