@@ -51,8 +51,8 @@ serve: $(STAMP) ## serve the demo bundle (run `make demo` first) on PORT
 	$(BIN)/irec serve --bundle demo-output/bundles/demo --port $(PORT)
 
 bench-peer: $(STAMP) ## irec Embed vs FastAPI+sentence-transformers vs infinity-emb (BUNDLE=...)
-	bash export/benchmarks/setup_peer_venv.sh
-	$(BIN)/python -m export.benchmarks.peer --bundle $(or $(BUNDLE),demo-output/bundles/demo) --out reports/bench-peer.md
+	bash benchmarks/setup_peer_venv.sh
+	$(BIN)/python -m benchmarks.peer --bundle $(or $(BUNDLE),demo-output/bundles/demo) --out reports/bench-peer.md
 
 clean: ## remove the virtualenvs, demo output and caches
 	rm -rf $(VENV) .venv-peer demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -95,7 +95,7 @@ def _load_items(path: Path) -> list[Item]:
         lines.pop()
     try:
         # One parse of the whole file is about twice as fast as one per line, seconds of
-        # startup at 1M items (export.benchmarks.startup). The count check refuses a line
+        # startup at 1M items (benchmarks.startup). The count check refuses a line
         # that holds two records; any failure falls through to name the bad line.
         raws = json.loads("[" + ",".join(lines) + "]")
         if len(raws) == len(lines):
@@ -112,7 +112,8 @@ def _load_items(path: Path) -> list[Item]:
     return items
 
 
-def _load_index(path: Path, dim: int, count: int, params: fmt.HnswParams) -> hnswlib.Index:
+def load_index(path: Path, dim: int, count: int, params: fmt.HnswParams) -> hnswlib.Index:
+    """Load one HNSW index file as the server searches it; BundleError if it does not match."""
     index = hnswlib.Index(space=params.space, dim=params.index_dimension(dim))
     try:
         index.load_index(str(path), max_elements=count)
@@ -156,7 +157,7 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
         if array.shape != expected[name]:
             raise BundleError(f"{path / name}: shape {array.shape}, expected {expected[name]}")
 
-    all_index = _load_index(
+    all_index = load_index(
         path / fmt.ALL_ITEMS_INDEX_FILE, manifest.dimension, manifest.num_items, manifest.hnsw
     )
     clusters = []
@@ -168,7 +169,7 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
             f"{manifest.num_clusters}"
         )
     for cluster_id, (description, size, rows) in enumerate(cluster_records):
-        index = _load_index(
+        index = load_index(
             path / fmt.cluster_index_file(cluster_id), manifest.dimension, len(rows), manifest.hnsw
         )
         clusters.append(Cluster(cluster_id, description, size, rows, index))

@@ -72,7 +72,7 @@ class HnswParams:
     space: str = "ip"
     m: int = 16
     ef_construction: int = 200
-    # recall@10 at 1M synthetic 384-d items (export/benchmarks/retrieval.py): ef 128 →
+    # recall@10 at 1M synthetic 384-d items (benchmarks/retrieval.py): ef 128 →
     # 0.980, ef 256 → 0.9997 at 212× exact search per core; the goal is ≥ 0.99 at ≥ 20×.
     ef_search: int = 256
     # > 0 when item vectors are not unit length: each is stored as

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.benchmarks import encoder_latency, floor
+from benchmarks import encoder_latency, floor
 from server.config import ServerConfig
 from server.loadgen import LoadSpec, item_ids_from_bundle
 from server.serving import load_engine

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.item_index import build_index, recall_at_k, save_index
-from server.bundle import _load_index
+from server.bundle import load_index
 from server.manifest import HnswParams
 
 
@@ -19,7 +19,7 @@ def test_hnsw_recall_against_exact_search_and_save_load_identity(tmp_path):
     index = build_index(vectors, list(range(len(vectors))), params)
     assert recall_at_k(index, vectors, queries, params, k=10) >= 0.95
     save_index(index, tmp_path / "i" / "all.hnsw")
-    loaded = _load_index(tmp_path / "i" / "all.hnsw", 32, len(vectors), params)
+    loaded = load_index(tmp_path / "i" / "all.hnsw", 32, len(vectors), params)
     a, da = index.knn_query(queries, k=10)
     b, db = loaded.knn_query(queries, k=10)
     np.testing.assert_array_equal(a, b)

@@ -1,6 +1,6 @@
 """Benchmark 4: the text encoder's variants, side by side — latency and ranking quality.
 
-    python -m export.benchmarks.encoder_variants [--model DIR] [--repeats N] [--ndcg-run DIR]
+    python -m benchmarks.encoder_variants [--model DIR] [--repeats N] [--ndcg-run DIR]
 
 (a) Latency: PyTorch eager fp32 (transformers AutoModel + mean pooling + L2 under
 ``torch.inference_mode``, the original design's way), ONNX fp32, ONNX int8 as the

@@ -1,4 +1,4 @@
-// k6 load script for `python -m server.benchmarks.k6_check`: closed-loop unary Recommend.
+// k6 load script for `python -m benchmarks.k6_check`: closed-loop unary Recommend.
 // Env: TARGET (host:port), HISTORIES (path to a JSON list of item-id lists), K.
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';

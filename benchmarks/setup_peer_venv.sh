@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build .venv-peer: the peer embedding servers for export/benchmarks/peer.py
+# Build .venv-peer: the peer embedding servers for benchmarks/peer.py
 # (FastAPI + uvicorn + sentence-transformers, and infinity-emb), kept apart from
 # .venv so the project's pinned versions never move. Idempotent: a stamp file
 # records the requirement set; a second run with the same set does nothing.
 #
-#   bash export/benchmarks/setup_peer_venv.sh [VENV_DIR]   (default: .venv-peer)
+#   bash benchmarks/setup_peer_venv.sh [VENV_DIR]   (default: .venv-peer)
 #
 # Versions: the set pip resolves for infinity-emb 0.0.78 with torch 2.13.0 (the
 # local CPU wheel; an unpinned torch can pull a multi-GB CUDA build). infinity-emb

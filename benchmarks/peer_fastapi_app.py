@@ -3,9 +3,9 @@
 One endpoint, `POST /embed {"texts": [...]}` → `{"embeddings": [[...], ...]}`, on the
 same all-MiniLM-L6-v2 weights (a local folder; nothing is downloaded). A plain `def`
 endpoint, so FastAPI runs each request in its thread pool, as most first versions do.
-Runs in .venv-peer (export/benchmarks/setup_peer_venv.sh), never in the project venv:
+Runs in .venv-peer (benchmarks/setup_peer_venv.sh), never in the project venv:
 
-    .venv-peer/bin/python export/benchmarks/peer_fastapi_app.py --model DIR --fd N
+    .venv-peer/bin/python benchmarks/peer_fastapi_app.py --model DIR --fd N
 """
 
 from __future__ import annotations

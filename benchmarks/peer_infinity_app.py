@@ -6,7 +6,7 @@ takes the socket the benchmark already bound (`--fd`), so no port is guessed. Th
 OpenAI-style route is `POST /embeddings {"model": NAME, "input": [...]}`. Runs in
 .venv-peer with HF_HUB_OFFLINE=1; nothing is downloaded:
 
-    .venv-peer/bin/python export/benchmarks/peer_infinity_app.py --model DIR --fd N
+    .venv-peer/bin/python benchmarks/peer_infinity_app.py --model DIR --fd N
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Batch scoring throughput: `irec score` local engine vs Ray with 1 and 2 workers.
 
-`python -m server.benchmarks.scoring --bundle DIR --users 100000` writes seeded synthetic
+`python -m benchmarks.batch_inference --bundle DIR --users 100000` writes seeded synthetic
 users (histories drawn from the bundle's items) to a temporary Parquet file, scores it
 with each engine into a fresh output folder and prints a markdown table of users/s.
 Each time is the whole run as a user sees it (bundle load, actor start-up, read, score,

@@ -1,6 +1,6 @@
 """HNSW as the export builds it against exact search: recall@10 and QPS per core.
 
-    .venv/bin/python -m export.benchmarks.retrieval [--sizes 10000,100000,1000000]
+    .venv/bin/python -m benchmarks.retrieval [--sizes 10000,100000,1000000]
         [--queries N] [--ef 16,32,64,128,256] [--m 16] [--real-bundle DIR]
 
 Catalogues: seeded synthetic 384-d unit vectors (a Gaussian mixture, so neighbours are
@@ -36,7 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from export.item_index import build_index, save_index
-from server.bundle import _load_index
+from server.bundle import load_index
 from server.manifest import HnswParams
 
 DIMENSION = 384  # all-MiniLM-L6-v2's embedding size, the encoder the demo serves
@@ -60,7 +60,7 @@ DEFAULT_HISTORIES = Path("../shared/data/ml-1m-sasrec/ml-1m.txt.gz")
 
 
 @dataclass(frozen=True)
-class Catalogue:
+class VectorCatalogue:
     """Item vectors, queries and the HNSW parameters the export would use for them."""
 
     name: str
@@ -109,7 +109,7 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def synthetic(n: int, num_queries: int, dim: int = DIMENSION, seed: int = 0) -> Catalogue:
+def synthetic(n: int, num_queries: int, dim: int = DIMENSION, seed: int = 0) -> VectorCatalogue:
     """Seeded unit vectors from a Gaussian mixture of √n components; queries from the same law."""
     rng = np.random.default_rng(seed)
     components = max(10, round(n**0.5))
@@ -127,7 +127,7 @@ def synthetic(n: int, num_queries: int, dim: int = DIMENSION, seed: int = 0) -> 
 
     vectors = draw(n)
     queries = draw(num_queries)
-    return Catalogue(
+    return VectorCatalogue(
         name="synthetic",
         vectors=vectors,
         queries=queries,
@@ -138,7 +138,7 @@ def synthetic(n: int, num_queries: int, dim: int = DIMENSION, seed: int = 0) -> 
 
 def real_catalogue(
     bundle_dir: Path, num_queries: int, histories: Path | None = None, seed: int = 0
-) -> Catalogue:
+) -> VectorCatalogue:
     """A bundle's item vectors; queries are user vectors of real histories where possible.
 
     With a sequence head and a SASRec-format file (`user item` lines, time-ordered, item
@@ -181,7 +181,7 @@ def real_catalogue(
         noise = rng.normal(scale=0.5 * spread, size=(num_queries, vectors.shape[1]))
         queries = (vectors[rows] + noise).astype(np.float32)
         name += ", noisy item vectors as queries"
-    return Catalogue(
+    return VectorCatalogue(
         name=name, vectors=np.ascontiguousarray(vectors), queries=queries, params=params
     )
 
@@ -241,7 +241,7 @@ def exact_batched_qps(vectors: np.ndarray, queries: np.ndarray, repeats: int, k:
 
 
 def build_or_load(
-    catalogue: Catalogue, params: HnswParams, cache_dir: Path | None
+    catalogue: VectorCatalogue, params: HnswParams, cache_dir: Path | None
 ) -> tuple[hnswlib.Index, Build]:
     """Build with the export's builder (all cores, as the export does) or load a cached build."""
     n, dim = catalogue.vectors.shape
@@ -254,7 +254,7 @@ def build_or_load(
         path, meta_path = cache_dir / f"{key}.hnsw", cache_dir / f"{key}.json"
         if path.is_file() and meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            index = _load_index(path, dim, n, params)
+            index = load_index(path, dim, n, params)
             return index, Build(meta["seconds"], meta["threads"], path.stat().st_size, cached=True)
     started = time.perf_counter()
     index = build_index(catalogue.vectors, range(n), params)
@@ -301,7 +301,7 @@ def ef_sweep(
 
 
 def measure(
-    catalogue: Catalogue,
+    catalogue: VectorCatalogue,
     efs: Sequence[int],
     ms: Sequence[int],
     repeats: int,
@@ -412,7 +412,7 @@ def _ints(value: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown tables."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m export.benchmarks.retrieval")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval")
     parser.add_argument(
         "--sizes", type=_ints, default=list(DEFAULT_SIZES), help="synthetic catalogue sizes"
     )

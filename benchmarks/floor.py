@@ -1,6 +1,6 @@
 """Serving overhead against the hardware floor: gRPC server vs the same work in-process.
 
-`python -m server.benchmarks.floor --bundle DIR` starts `irec serve` on the bundle
+`python -m benchmarks.floor --bundle DIR` starts `irec serve` on the bundle
 (a child process on a loopback port), loads the same bundle in this process with
 the server's own loader, and measures on the same seeded requests:
 

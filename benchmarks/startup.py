@@ -1,6 +1,6 @@
 """How long `irec serve` takes to become SERVING, and its memory, against catalogue size.
 
-    .venv/bin/python -m export.benchmarks.startup [--sizes 10000,100000,1000000]
+    .venv/bin/python -m benchmarks.startup [--sizes 10000,100000,1000000]
         [--source BUNDLE] [--repeats 3] [--breakdown]
 
 For each size a bundle is made from a source bundle (its tokenizer, encoders, sequence
@@ -326,7 +326,7 @@ def load_breakdown(bundle: Path) -> dict[str, float]:
     targets = [
         (loader.fmt, "verify_checksums"),
         (loader, "_load_items"),
-        (loader, "_load_index"),
+        (loader, "load_index"),
         (loader, "create_session"),
         (loader, "_load_head"),
         (engine, "Catalogue"),
@@ -367,7 +367,7 @@ def _ints(value: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (or reuse) the bundles, start each --repeats times, print the table."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m export.benchmarks.startup")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.startup")
     parser.add_argument("--sizes", type=_ints, default=list(DEFAULT_SIZES), help="item counts")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="starts per bundle")
     parser.add_argument(

