@@ -1,4 +1,4 @@
-# Serving image: the server only (no torch, no transformers). Two targets:
+# Serving image: the server and the `irec` command only (no torch, no transformers). Two targets:
 #   docker build --target cpu  -t irec-server:cpu  .
 #   docker build --target cuda -t irec-server:cuda .
 # Run with a bundle mounted read-only:
@@ -14,6 +14,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY irec ./irec
 RUN pip install --no-cache-dir ".[cpu,tracing]"
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS cuda-base
@@ -28,6 +29,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY irec ./irec
 RUN pip install --no-cache-dir ".[gpu,tracing]"
 
 # ---- cpu: slim, non-root ------------------------------------------------------

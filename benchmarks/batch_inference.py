@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from irec.batch_inference import ScoreOptions, ScoreSummary, score
 from server.loadgen import item_ids_from_bundle
-from server.scoring import ScoreOptions, ScoreSummary, score
 
 MIN_HISTORY = 5
 MAX_HISTORY = 100

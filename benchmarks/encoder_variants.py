@@ -38,11 +38,11 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 
 from export.onnx_encoder import export_fp32, quantize_int8
+from irec.quality import ITEM_TEXT_MAX_LENGTH, make_split
 from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.data import load_spec
 from training.encoder import MeanPoolEncoder, embed_texts, load_encoder, resolve_model_dir
 from training.evaluate import summarise, target_ranks
-from training.quality import ITEM_TEXT_MAX_LENGTH, make_split
 from training.sequence_head import SequenceHead, load_head, score_users
 
 SHAPES: tuple[tuple[int, int], ...] = ((1, 32), (1, 128), (32, 64))

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from irec.server_process import spawn_server
 from server.config import ServerConfig
 from server.engine import RecommenderEngine, RecommendQuery
 from server.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
-from server.process import spawn_server
 from server.service import to_query
 from server.serving import load_engine
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from irec.server_process import spawn_server
 from server.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
-from server.process import spawn_server
 
 SCRIPT = Path(__file__).with_name("k6_recommend.js")
 

@@ -616,7 +616,7 @@ def start_irec(bundle: Path, cpus: Sequence[int], workdir: Path) -> PeerProcess:
     port_file.unlink(missing_ok=True)  # a stale port from an earlier run would mislead the probe
     log_path = workdir / "irec.log"
     log_file = log_path.open("w")
-    argv = [sys.executable, "-m", "server.cli", "serve", "--bundle", str(bundle)]
+    argv = [sys.executable, "-m", "irec.cli", "serve", "--bundle", str(bundle)]
     argv += ["--port", "0", "--port-file", str(port_file), "--threads", str(len(cpus))]
     process = subprocess.Popen(
         pinned(cpus, argv),

@@ -9,7 +9,7 @@ the source's own item vectors, texts shaped like rendered catalogue items, clust
 nearest centroid, and items, clusters, HNSW indexes, checksums and manifest written with
 the export's own functions (export.bundle_writer, export.item_index; indexes with
 ef_construction INDEX_EF_CONSTRUCTION, which does not change load cost). Each bundle is
-served by a fresh `irec serve` child process (server.process.spawn_server); the time is
+served by a fresh `irec serve` child process (irec.server_process.spawn_server); the time is
 from spawning it to the first health check answering SERVING for
 recsys.v1.RecommenderService, and RSS / peak RSS are read from /proc/PID/status then.
 Medians of --repeats starts. Without --source a tiny-BERT bundle is trained and exported
@@ -247,7 +247,7 @@ def wait_serving(port: int, timeout_s: float) -> None:
 
 def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
     """Spawn `irec serve` on the bundle, time it to SERVING, read its memory, stop it."""
-    from server.process import spawn_server
+    from irec.server_process import spawn_server
 
     with tempfile.TemporaryDirectory(prefix="irec-startup-") as tmp:
         log_path = Path(tmp) / "serve.log"

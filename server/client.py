@@ -108,7 +108,7 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def _call_security(
+def call_security(
     tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, token: str | None
 ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]] | None]:
     """Channel credentials (None = plaintext) and per-call metadata for a bearer token."""
@@ -140,7 +140,7 @@ class _ClientBase:
         tls_key: Path | None = None,
         token: str | None = None,
     ) -> None:
-        credentials, self.metadata = _call_security(tls_ca, tls_cert, tls_key, token)
+        credentials, self.metadata = call_security(tls_ca, tls_cert, tls_key, token)
         self.channel: Any = open_channel(target, credentials, aio=self.AIO)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from server.client import _call_security, open_channel
+from server.client import call_security, open_channel
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.manifest import ITEMS_FILE
@@ -270,7 +270,7 @@ async def _stream_caller(
 
 async def _drive(spec: LoadSpec, callers: int, first: int, start_at: float) -> dict[str, Any]:
     """Run `callers` callers in this process; start_at is a shared wall-clock start."""
-    credentials, metadata = _call_security(spec.tls_ca, None, None, spec.token)
+    credentials, metadata = call_security(spec.tls_ca, None, None, spec.token)
     channel: grpc.aio.Channel = open_channel(spec.target, credentials, aio=True)
     async with channel:
         stub = pb_grpc.RecommenderServiceStub(channel)

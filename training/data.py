@@ -1,7 +1,7 @@
 """Load interaction logs and item catalogues into one shape, with errors that name file and line.
 
-Every loader returns a :class:`Dataset`: ``interactions`` (user_id, item_id,
-timestamp; sorted by user then time, ties kept in file order) and ``items``
+Every loader returns a :class:`training.dataset.Dataset`: ``interactions`` (user_id,
+item_id, timestamp; sorted by user then time, ties kept in file order) and ``items``
 (item_id, title, year, categories, description). IDs are strings.
 """
 
@@ -11,10 +11,12 @@ import gzip
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from training.dataset import Dataset
+from training.demo_data import NUM_USERS, generate_demo
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
@@ -23,20 +25,6 @@ CATEGORY_COLUMNS = ("categories", "category", "genres")
 
 class DataError(ValueError):
     """Input data is missing or malformed; the message names the file (and line or column)."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Interactions plus the catalogue they refer to."""
-
-    name: str
-    interactions: pd.DataFrame
-    items: pd.DataFrame
-
-    def sequences(self) -> dict[str, list[str]]:
-        """Each user's item IDs in time order."""
-        grouped = self.interactions.groupby("user_id", sort=False)["item_id"]
-        return {str(user): list(items) for user, items in grouped}
 
 
 def _open_text(path: Path, encoding: str) -> io.TextIOBase:
@@ -252,8 +240,6 @@ def load_spec(spec: str) -> Dataset:
     """Load a dataset: demo[:USERS] | movielens-1m:DIR | movielens-latest:DIR | csv:I,ITEMS."""
     kind, _, arg = spec.partition(":")
     if kind == "demo":
-        from training.demo_data import NUM_USERS, generate_demo
-
         if arg and not arg.isdigit():
             raise DataError(f"data spec {spec!r}: expected demo or demo:NUM_USERS")
         return generate_demo(num_users=int(arg) if arg else NUM_USERS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.data import Dataset
+from training.dataset import Dataset
 
 SEED = 20261128
 ITEMS_PER_CATEGORY = 30

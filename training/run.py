@@ -30,7 +30,8 @@ from transformers import PreTrainedTokenizerBase
 
 from server.history import render_history
 from training.cluster import Clustering, cluster_users, item_terms
-from training.data import Dataset, load_spec
+from training.data import load_spec
+from training.dataset import Dataset
 from training.encoder import (
     DEFAULT_MODEL_NAME,
     MeanPoolEncoder,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.process import spawn_server
+from irec.server_process import spawn_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK_SECONDS = 600.0

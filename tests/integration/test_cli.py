@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from server.process import spawn_server
+from irec.server_process import spawn_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def irec(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "irec.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

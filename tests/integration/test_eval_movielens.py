@@ -13,7 +13,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-1m-sasrec"
 
 @pytest.mark.skipif(not (DATA / "ml-1m.txt.gz").exists(), reason="shared MovieLens data not here")
 def test_eval_on_movielens_1m_sample(tmp_path):
-    from training.quality import EvalConfig, run_eval
+    from irec.quality import EvalConfig, run_eval
 
     report = run_eval(
         EvalConfig(

@@ -47,7 +47,7 @@ def _serve_on(bundle: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]
     port_file.unlink(missing_ok=True)
     log = (workdir / "restart.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--bundle", str(bundle)]
+        [sys.executable, "-m", "irec.cli", "serve", "--bundle", str(bundle)]
         + ["--device", "cpu", "--grace", "1", "--port", str(port), "--port-file", str(port_file)],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -182,7 +182,7 @@ def test_serve_refuses_a_corrupt_file_with_a_valid_checksum_in_one_line(
 ):
     bad = corrupt_with_valid_checksum(bundle_dir, tmp_path / "b", name, how)
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--bundle", str(bad), "--port", "0"],
+        [sys.executable, "-m", "irec.cli", "serve", "--bundle", str(bad), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT_S,

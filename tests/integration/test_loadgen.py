@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
+from irec.cli import main
 from server.loadgen import (
     LoadSpec,
     LoadSpecError,

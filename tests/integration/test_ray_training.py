@@ -89,7 +89,7 @@ def test_train_engine_ray_writes_a_run_that_exports(
     ray_cluster: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from export.bundle_writer import export_run, verify_bundle
-    from server.cli import main
+    from irec.cli import main
 
     run = tmp_path / "runs" / "ray"
     steps = 8

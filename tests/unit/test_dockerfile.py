@@ -43,11 +43,11 @@ def test_each_target_serves_as_non_root_with_a_grpc_health_check(target: str, ex
     assert "IREC_SERVE_HOST=0.0.0.0" in stage
     build = _stage(f"build-{target}")
     assert f'pip install --no-cache-dir ".[{extra},tracing]"' in build
-    # The image holds the server only: no training code, so no torch.
+    # The image holds the server and the command line only: no training code, so no torch.
     copied = re.findall(r"^COPY (?!--from)(.*)$", build, re.M)
-    assert copied == ["pyproject.toml README.md ./", "server ./server"]
+    assert copied == ["pyproject.toml README.md ./", "server ./server", "irec ./irec"]
 
 
 def test_healthcheck_module_and_entrypoint_exist() -> None:
     assert (ROOT / "server" / "healthcheck.py").exists()
-    assert 'irec = "server.cli:main"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'irec = "irec.cli:main"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

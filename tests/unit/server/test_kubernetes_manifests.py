@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from server.cli import _build_parser
+from irec.cli import build_parser
 from server.generated.recsys.v1 import recommender_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -188,7 +188,7 @@ def test_settings_are_options_that_irec_serve_accepts(
         if name.startswith("IREC_SERVE_"):
             flag = "--" + name.removeprefix("IREC_SERVE_").lower().replace("_", "-")
             argv += [flag, value or "placeholder"]
-    args = _build_parser().parse_args(argv)  # unknown flag, bad type or choice: SystemExit
+    args = build_parser().parse_args(argv)  # unknown flag, bad type or choice: SystemExit
     assert args.host == "0.0.0.0"  # reachable by the kubelet's probes and other pods
     assert args.watch_dir == Path(args.bundle).parent  # start bundle is a watched one
     assert args.metrics_port is not None

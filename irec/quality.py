@@ -142,7 +142,7 @@ class QualityRun:
         with self.timer.stage("cold start"):
             self._cold_start()
         self.report["timings_s"] = self.timer.seconds
-        from training.report import write_report
+        from irec.report import write_report
 
         write_report(self.report, cfg.out)
         return self.report

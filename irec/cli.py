@@ -61,7 +61,8 @@ def _clusters(value: str) -> int | None:
     return k
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `irec` argument parser: one subcommand per command, each option with its env twin."""
     parser = argparse.ArgumentParser(
         prog="irec",
         description="Learn interest clusters, export a bundle, serve it over gRPC.",
@@ -336,7 +337,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from training.quality import EvalConfig, run_eval
+    from irec.quality import EvalConfig, run_eval
     from training.sequence_head import HeadConfig
 
     run_eval(
@@ -493,7 +494,7 @@ def _score(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     try:
-        from server.scoring import ScoreOptions, score, summary_dict
+        from irec.batch_inference import ScoreOptions, score, summary_dict
 
         summary = score(
             ScoreOptions(
@@ -524,7 +525,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from training.demo import DemoConfig, run_demo
+    from irec.demo import DemoConfig, run_demo
 
     return run_demo(
         DemoConfig(
@@ -577,7 +578,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one command; known errors print one line and exit non-zero."""
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ def spawn_server(
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "irec.cli",
             "serve",
             *serve_args,
             "--port",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.bundle_writer import export_run
+from irec.server_process import ServerStartError, spawn_server
 from server.client import RecommenderClient, format_response, make_request
-from server.process import ServerStartError, spawn_server
 from training.demo_data import generate_demo
 from training.finetune import FinetuneConfig
 from training.run import TrainConfig, train

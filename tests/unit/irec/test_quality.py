@@ -14,7 +14,7 @@ from training.multi_interest import hits_from_lists, interest_queries, merge_que
 
 @pytest.fixture(scope="session")
 def quick_report(tmp_path_factory):
-    from training.quality import EvalConfig, run_eval
+    from irec.quality import EvalConfig, run_eval
 
     out = tmp_path_factory.mktemp("eval") / "quick"
     report = run_eval(

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from irec.batch_inference import ScoreOptions, ScoringError, read_scores, score
 from server.client import RecommenderClient, make_request
 from server.loadgen import item_ids_from_bundle
-from server.scoring import ScoreOptions, ScoringError, read_scores, score
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 5
@@ -190,7 +190,7 @@ def test_cli_rerun_rewrites_only_the_missing_part(local_scores, tmp_path):
 
 def _irec(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "irec.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
