@@ -18,7 +18,6 @@ quality report's own functions (``score_users``, ``target_ranks``, ``summarise``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -43,7 +42,8 @@ from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.data import load_spec
 from training.encoder import MeanPoolEncoder, embed_texts, load_encoder, resolve_model_dir
 from training.evaluate import summarise, target_ranks
-from training.sequence_head import SequenceHead, load_head, score_users
+from training.run_folder import RUN_INFO_FILE, RunFolder
+from training.sequence_head import SequenceHead, score_users
 
 SHAPES: tuple[tuple[int, int], ...] = ((1, 32), (1, 128), (32, 64))
 THREADS = 2  # the machine's cores; eager gets torch.set_num_threads(THREADS) too
@@ -357,8 +357,9 @@ def load_ranking_task(run_dir: Path, users: int | None, seed: int = 0) -> Rankin
     Rows follow the dataset's item order, as in `irec eval`; a mismatch with the run's
     items.jsonl is an error. `users` picks a seeded subset (None: all test users).
     """
-    info = json.loads((run_dir / "run.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text().splitlines()]
+    run = RunFolder.open(run_dir)
+    info = run.info()
+    records = run.items()
     dataset = load_spec(info["data"])
     items = dataset.items.reset_index(drop=True)
     if [str(i) for i in items["item_id"]] != [str(r["id"]) for r in records]:
@@ -373,7 +374,7 @@ def load_ranking_task(run_dir: Path, users: int | None, seed: int = 0) -> Rankin
         note = f"{users} of {total} test users (random.Random({seed}).sample)"
     split = make_split(sequences)
     return RankingTask(
-        load_head(run_dir),
+        run.load_head(),
         [r["text"] for r in records],
         split.test_histories,
         split.test_targets,
@@ -453,7 +454,7 @@ def quality_table(rows: Sequence[dict[str, Any]], items: int) -> str:
 
 def _run_dir(path: Path) -> Path:
     """Accept a run folder or an `irec eval` output folder holding run/."""
-    return path / "run" if (path / "run" / "run.json").is_file() else path
+    return path / "run" if (path / "run" / RUN_INFO_FILE).is_file() else path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -472,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.model is not None or run_dir is None:
         model_dir = resolve_model_dir(args.model)
     else:
-        model_dir = run_dir / "model"  # the encoder the head's item texts came from
+        model_dir = RunFolder(run_dir).model_dir  # the encoder the head's item texts came from
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         variants, input_names, vocab = build_variants(model_dir, Path(tmp), args.threads)

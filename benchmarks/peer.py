@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from server.manifest import MANIFEST_FILE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 DIMENSION = 384  # all-MiniLM-L6-v2
@@ -764,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client_cpus = available[args.cpus :]
     if client_cpus:  # the load generator keeps off the servers' cores where it can
         os.sched_setaffinity(0, client_cpus)
-    if "irec" in wanted and not (args.bundle / "manifest.json").is_file():
+    if "irec" in wanted and not (args.bundle / MANIFEST_FILE).is_file():
         sys.exit(f"{args.bundle}: no irec bundle (run `make demo` or pass --bundle)")
     python = args.peer_venv / "bin" / "python"
     if wanted & {"fastapi", "infinity"} and not python.is_file():

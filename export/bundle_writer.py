@@ -1,9 +1,11 @@
 """`irec export`: turn a run folder into a verified bundle, swapped in only when it passes.
 
-Steps: ONNX fp32 → int8 (CPU) and fp16 (GPU) → parity gate → tokenizer, items,
-embeddings, centroids, HNSW indexes → manifest with sha256 of every file → load
-the staged bundle with the server's own loader and answer a request → atomic
-swap into place. Any failure leaves an existing bundle at the target untouched.
+Reads the run through training.run_folder and writes the bundle that server.manifest
+describes: the two contracts, one on each side of export. Steps: ONNX fp32 → int8 (CPU)
+and fp16 (GPU) → parity gate → tokenizer, items, embeddings, centroids, HNSW indexes →
+manifest with sha256 of every file → load the staged bundle with the server's own
+loader and answer a request → atomic swap into place. Any failure leaves an existing
+bundle at the target untouched.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import numpy as np
 
 from export.item_index import build_index, recall_at_k, save_index
 from export.onnx_encoder import convert_fp16, export_fp32, quantize_int8
-from export.onnx_head import HEAD_FILE, HEAD_PARITY_MIN_COSINE, export_head, head_parity, load_head
+from export.onnx_head import HEAD_PARITY_MIN_COSINE, export_head, head_parity
 from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
 from server import manifest as fmt
 from server.bundle import load_bundle
 from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
 from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
-from server.history import render_history
+from server.manifest import render_history
 from training.encoder import embed_texts, load_encoder
+from training.run_folder import RunFolder, RunFolderError
 
 # Texts for the parity gate: items, rendered histories and very short inputs
 # (the worst case for int8).
@@ -56,20 +59,14 @@ class ExportOptions:
     new_items: Path | None = None
 
 
-def _read_run(run: Path) -> dict:
-    path = run / "run.json"
-    if not path.is_file():
-        raise ExportError(f"{path}: missing (is {run} a run folder from `irec train`?)")
-    for name in ("model", "items.jsonl", "item_embeddings.npy", "centroids.npy", "clusters.json"):
-        if not (run / name).exists():
-            raise ExportError(f"{run / name}: missing from the run folder")
-    return json.loads(path.read_text())
-
-
-def export_run(run: Path, out: Path, options: ExportOptions | None = None) -> fmt.Manifest:
-    """Export `run` into bundle folder `out`; return the manifest written."""
+def export_run(run_path: Path, out: Path, options: ExportOptions | None = None) -> fmt.Manifest:
+    """Export the run folder at `run_path` into bundle folder `out`; return the manifest."""
     options = options or ExportOptions()
-    info = _read_run(run)
+    try:
+        run = RunFolder.open(run_path)
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from exc
+    info = run.info()
     stage = out.with_name(f".{out.name}.staging")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -93,11 +90,11 @@ def _swap_in(stage: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Manifest:
+def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> fmt.Manifest:
     ft = info["finetune"]
     print("[export] loading the fine-tuned encoder", flush=True)
-    encoder, tokenizer = load_encoder(run / "model")
-    tokenizer_json = run / "model" / fmt.TOKENIZER_FILE
+    encoder, tokenizer = load_encoder(run.model_dir)
+    tokenizer_json = run.model_dir / fmt.TOKENIZER_FILE
     if not tokenizer_json.is_file():
         raise ExportError(f"{tokenizer_json}: missing (the encoder needs a fast tokenizer)")
     shutil.copy(tokenizer_json, stage / fmt.TOKENIZER_FILE)
@@ -117,9 +114,9 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         convert_fp16(fp32, stage / fmt.ENCODER_FP16_FILE)
         encoders["fp16"] = fmt.ENCODER_FP16_FILE
 
-    records = [json.loads(line) for line in (run / "items.jsonl").read_text().splitlines()]
+    records = run.items()
     trained_items = len(records)
-    item_embeddings = np.load(run / "item_embeddings.npy").astype(np.float32)
+    item_embeddings = run.item_embeddings()
     new_text_embeddings = None
     if options.new_items is not None:
         added, item_embeddings, new_text_embeddings = _add_new_items(
@@ -156,13 +153,11 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
         parity[name] = report
     fp32.unlink()
     sequence_head = (
-        _export_head(run, stage, trained_items, new_text_embeddings)
-        if (run / HEAD_FILE).exists()
-        else None
+        _export_head(run, stage, trained_items, new_text_embeddings) if run.has_head else None
     )
 
-    centroids = np.load(run / "centroids.npy").astype(np.float32)
-    clusters = json.loads((run / "clusters.json").read_text())["clusters"]
+    centroids = run.centroids()
+    clusters = run.clusters()
     if len(records) > trained_items:  # new items join their nearest cluster's index
         unit = item_embeddings[trained_items:] / np.linalg.norm(
             item_embeddings[trained_items:], axis=1, keepdims=True
@@ -184,9 +179,8 @@ def _build(run: Path, info: dict, stage: Path, options: ExportOptions) -> fmt.Ma
     index = build_index(item_embeddings, all_rows, hnsw)
     save_index(index, stage / fmt.ALL_ITEMS_INDEX_FILE)
     queries = item_embeddings[rng.choice(len(records), size=min(200, len(records)), replace=False)]
-    users_path = run / "user_embeddings.npy"
-    if users_path.exists():
-        users = np.load(users_path).astype(np.float32)
+    users = run.user_embeddings()
+    if users is not None:
         queries = users[rng.choice(len(users), size=min(500, len(users)), replace=False)]
     recall = recall_at_k(index, item_embeddings, queries, hnsw)
     if recall < options.min_recall:
@@ -283,7 +277,7 @@ def new_version(files: dict[str, str]) -> str:
 
 
 def _add_new_items(
-    run: Path,
+    run: RunFolder,
     info: dict,
     encoder: Any,
     tokenizer: Any,
@@ -307,12 +301,12 @@ def _add_new_items(
     ]
     item_length = int(info.get("finetune", {}).get("item_max_length", 32))
     text = embed_texts(encoder, tokenizer, texts, item_length, progress=False)
-    if not (run / HEAD_FILE).exists():
+    if not run.has_head:
         vectors, head_text = text, None
     else:
         import torch
 
-        head = load_head(run)
+        head = run.load_head()
         with torch.no_grad():
             vectors = head.item_vectors_from(
                 torch.zeros(len(texts), dtype=torch.long), torch.from_numpy(text)
@@ -323,35 +317,35 @@ def _add_new_items(
 
 
 def _export_head(
-    run: Path, stage: Path, num_items: int, new_text: np.ndarray | None = None
+    run: RunFolder, stage: Path, num_items: int, new_text: np.ndarray | None = None
 ) -> fmt.SequenceHeadSpec:
     """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
     print("[export] sequence head → ONNX", flush=True)
-    head = load_head(run)
-    export_head(head, stage / "user_head.onnx")
+    head = run.load_head()
+    export_head(head, stage / fmt.USER_HEAD_FILE)
     rng = np.random.default_rng(1)
     histories = [
         rng.choice(num_items, size=int(n), replace=False).tolist()
         for n in rng.integers(1, head.config.max_length + 20, size=32)
     ]
-    parity = head_parity(head, stage / "user_head.onnx", histories)
+    parity = head_parity(head, stage / fmt.USER_HEAD_FILE, histories)
     print(f"[export] head parity: min cosine {parity:.6f}", flush=True)
     if parity < HEAD_PARITY_MIN_COSINE:
         raise ExportError(f"sequence head ONNX parity {parity:.5f} < {HEAD_PARITY_MIN_COSINE}")
     text = head.item_text[1:].numpy().astype(np.float32)
     if new_text is not None:
         text = np.vstack([text, new_text.astype(np.float32)])
-    np.save(stage / "item_text_embeddings.npy", text)
+    np.save(stage / fmt.ITEM_TEXT_EMBEDDINGS_FILE, text)
     weight = head.text_projection.weight.detach().numpy().astype(np.float32)
-    np.save(stage / "item_text_projection.npy", weight)
+    np.save(stage / fmt.ITEM_TEXT_PROJECTION_FILE, weight)
     return fmt.SequenceHeadSpec(
-        file="user_head.onnx",
-        text_embeddings="item_text_embeddings.npy",
+        file=fmt.USER_HEAD_FILE,
+        text_embeddings=fmt.ITEM_TEXT_EMBEDDINGS_FILE,
         max_length=head.config.max_length,
         text_dimension=int(text.shape[1]),
         parity_cosine_min=round(parity, 6),
         trained_items=num_items,
-        projection="item_text_projection.npy",
+        projection=fmt.ITEM_TEXT_PROJECTION_FILE,
     )
 
 

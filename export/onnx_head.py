@@ -8,9 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from training.sequence_head import HEAD_FILE, SequenceHead, load_head, right_aligned
-
-__all__ = ["HEAD_FILE", "export_head", "head_parity", "load_head"]
+from training.sequence_head import SequenceHead, right_aligned
 
 # ONNX vs torch on the same fp32 weights: anything below this is an export bug.
 HEAD_PARITY_MIN_COSINE = 0.999

@@ -333,7 +333,7 @@ class QualityRun:
         from export.bundle_writer import ExportOptions, export_run
         from server.bundle import load_bundle
         from server.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
-        from training.run import write_run
+        from training.run_folder import write_run
 
         cfg, s = self.config, self.split
         run = write_run(

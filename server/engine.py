@@ -18,7 +18,7 @@ import numpy as np
 from server.bundle import Bundle
 from server.catalogue import Catalogue
 from server.errors import InvalidArgument
-from server.history import render_history
+from server.manifest import render_history
 
 DEFAULT_K = 10
 DEFAULT_NUM_CLUSTERS = 3

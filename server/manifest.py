@@ -14,14 +14,20 @@ A bundle is a folder::
     index/cluster_<k>.hnsw HNSW over the items of cluster k
     user_head.onnx         optional sequence head: history → user vector (see SequenceHeadSpec)
     item_text_embeddings.npy  float32 [num_items, text_dim], the head's per-item text input
+    item_text_projection.npy  float32 [dim, text_dim], the head's text → item vector map
 
-Both sides import this module; nothing else is shared.
+The bundle is one of the two contracts between the stages (the other is the run folder,
+training.run_folder): export writes it, the server reads it, both through this module,
+and nothing else spells these file names. How a history becomes one encoder input
+(:func:`render_history`) is part of it: training fine-tunes on that text, export checks
+parity on it, and the server encodes it. It imports nothing else of the server.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +45,24 @@ CENTROIDS_FILE = "centroids.npy"
 CLUSTERS_FILE = "clusters.json"
 INDEX_DIR = "index"
 ALL_ITEMS_INDEX_FILE = f"{INDEX_DIR}/all.hnsw"
+USER_HEAD_FILE = "user_head.onnx"
+ITEM_TEXT_EMBEDDINGS_FILE = "item_text_embeddings.npy"
+ITEM_TEXT_PROJECTION_FILE = "item_text_projection.npy"
 
 # Separator between item texts in a rendered history. Training renders with
-# the same function (server.history), so train and serve cannot drift apart.
+# the same function (render_history), so train and serve cannot drift apart.
 HISTORY_SEPARATOR = " | "
+
+
+def render_history(texts_oldest_first: Sequence[str], separator: str = HISTORY_SEPARATOR) -> str:
+    """Join item or free texts, given oldest first, into one most-recent-first string.
+
+    Training and serving both call this, so the text the server encodes is exactly the
+    text the encoder was fine-tuned on. Most-recent-first (Recformer, KDD 2023) means
+    truncation to the encoder's token budget drops the oldest items, which matter least
+    for what comes next.
+    """
+    return separator.join(text.strip() for text in reversed(texts_oldest_first) if text.strip())
 
 
 def cluster_index_file(cluster_id: int) -> str:

@@ -1,23 +1,12 @@
 """`irec train`: data → text → fine-tune → embed → cluster → evaluate, written as a run folder.
 
-A run folder (the input of export)::
-
-    run.json             config, model name, metrics, loss curve, stage timings
-    model/               the fine-tuned transformer + tokenizer (Hugging Face format)
-    items.jsonl          id, title, text, categories per item (row = embedding row)
-    item_embeddings.npy  float32 [items, dim], unit rows
-    user_embeddings.npy  float32 [users, dim], unit rows (full histories)
-    users.json           user IDs in row order, and each user's cluster
-    centroids.npy        float32 [K, dim], unit rows
-    clusters.json        per cluster: description, size, item rows
+The run folder (the input of export) is written by training.run_folder.write_run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from server.history import render_history
+from server.manifest import render_history
 from training.cluster import Clustering, cluster_users, item_terms
 from training.data import load_spec
 from training.dataset import Dataset
@@ -42,6 +31,7 @@ from training.encoder import (
 )
 from training.evaluate import popularity_scores, rank_metrics
 from training.finetune import FinetuneConfig, finetune
+from training.run_folder import write_run
 from training.text import render_items
 
 log = logging.getLogger(__name__)
@@ -284,74 +274,3 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     for name, m in metrics.items():
         print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} |")
     print(flush=True)
-
-
-def write_run(
-    out: Path,
-    encoder: Any,
-    tokenizer: Any,
-    items: Any,
-    texts: list[str],
-    users: list[str],
-    item_embeddings: np.ndarray,
-    user_embeddings: np.ndarray,
-    clustering: Any,
-    run_info: dict[str, Any],
-    head: Any = None,
-) -> Path:
-    """Write a run folder (the input of export) into a temporary sibling, then swap it in."""
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    encoder.transformer.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
-    with (tmp / "items.jsonl").open("w", encoding="utf-8") as handle:
-        for record, text in zip(items.to_dict("records"), texts, strict=True):
-            handle.write(
-                json.dumps(
-                    {
-                        "id": record["item_id"],
-                        "title": record["title"],
-                        "text": text,
-                        "categories": list(record["categories"]),
-                    }
-                )
-                + "\n"
-            )
-    np.save(tmp / "item_embeddings.npy", item_embeddings.astype(np.float32))
-    np.save(tmp / "user_embeddings.npy", user_embeddings.astype(np.float32))
-    np.save(tmp / "centroids.npy", clustering.centroids.astype(np.float32))
-    (tmp / "users.json").write_text(
-        json.dumps({"user_ids": users, "cluster": clustering.labels.tolist()})
-    )
-    (tmp / "clusters.json").write_text(
-        json.dumps(
-            {
-                "silhouette": clustering.silhouette,
-                "k_scores": clustering.k_scores,
-                "clusters": [
-                    {"id": c, "description": d, "size": s, "item_rows": rows}
-                    for c, (d, s, rows) in enumerate(
-                        zip(
-                            clustering.descriptions,
-                            clustering.sizes,
-                            clustering.item_rows,
-                            strict=True,
-                        )
-                    )
-                ],
-            },
-            indent=1,
-        )
-    )
-    if head is not None:
-        from training.sequence_head import save_head
-
-        save_head(head, tmp)
-    run = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info}
-    (tmp / "run.json").write_text(json.dumps(run, indent=1, default=float))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    print(f"[train] wrote {out}", flush=True)
-    return out

@@ -13,12 +13,10 @@ new items enter by text alone.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -207,22 +205,3 @@ def train_head(
         head.load_state_dict(best_state)
     head.eval()
     return history
-
-
-HEAD_FILE = "head.pt"
-HEAD_CONFIG_FILE = "head.json"
-
-
-def save_head(head: SequenceHead, run: Path) -> None:
-    """Write the head's weights and config into a run folder."""
-    torch.save(head.state_dict(), run / HEAD_FILE)
-    (run / HEAD_CONFIG_FILE).write_text(json.dumps(asdict(head.config), indent=1))
-
-
-def load_head(run: Path) -> SequenceHead:
-    """Rebuild a head saved by save_head."""
-    config = HeadConfig(**json.loads((run / HEAD_CONFIG_FILE).read_text()))
-    state = torch.load(run / HEAD_FILE, map_location="cpu", weights_only=True)
-    head = SequenceHead(state["item_text"][1:], config)
-    head.load_state_dict(state)
-    return head.eval()

@@ -42,7 +42,7 @@ def engine(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):  # type
 
 
 def _user_texts(run: Path) -> tuple[list[str], list[str]]:
-    from server.history import render_history
+    from server.manifest import render_history
 
     items = [json.loads(line) for line in (run / "items.jsonl").read_text().splitlines()]
     texts = [item["text"] for item in items]
