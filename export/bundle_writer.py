@@ -26,11 +26,11 @@ from export.onnx_head import HEAD_PARITY_MIN_COSINE, export_head, head_parity
 from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
 from server import manifest as fmt
 from server.bundle import load_bundle
-from server.encoder import CPU, TextEncoder, load_tokenizer, open_session
 from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.manifest import render_history
-from training.encoder import embed_texts, load_encoder
+from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.run_folder import RunFolder, RunFolderError
+from training.torch_encoder import embed_texts, load_encoder
 
 # Texts for the parity gate: items, rendered histories and very short inputs
 # (the worst case for int8).

@@ -18,7 +18,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from optimum.onnxruntime import ORTQuantizer
 from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-from training.encoder import MeanPoolEncoder
+from training.torch_encoder import MeanPoolEncoder
 
 OPSET = 17
 OUTPUT_NAME = "embedding"

@@ -570,7 +570,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         from export.bundle_writer import ExportError
         from export.parity import ParityError
         from training.data import DataError
-        from training.encoder import ModelError
+        from training.torch_encoder import ModelError
 
         errors += [DataError, ModelError, ExportError, ParityError]
     return tuple(errors)

@@ -27,12 +27,12 @@ from sklearn.metrics import (
 from training import baselines
 from training.cluster import cluster_users, item_terms
 from training.data import load_spec
-from training.encoder import DEFAULT_MODEL_NAME, embed_texts, load_encoder, resolve_model_dir
 from training.evaluate import coverage, summarise, target_ranks, top_k
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries
 from training.run import StageTimer
 from training.sequence_head import HeadConfig, SequenceHead, score_users, train_head
 from training.text import render_items
+from training.torch_encoder import DEFAULT_MODEL_NAME, embed_texts, load_encoder, resolve_model_dir
 
 VALIDATION_USERS = 1000  # users scored at each validation step (all users for the final numbers)
 ITEM_TEXT_MAX_LENGTH = 48

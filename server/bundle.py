@@ -13,8 +13,8 @@ import hnswlib
 import numpy as np
 
 from server import manifest as fmt
-from server.encoder import CPU, TextEncoder, create_session, load_tokenizer, open_session
 from server.errors import BundleError
+from server.text_encoder import CPU, TextEncoder, create_session, load_tokenizer, open_session
 from server.user_head import UserHead
 
 log = logging.getLogger(__name__)

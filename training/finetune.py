@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from server.manifest import render_history
-from training.encoder import MeanPoolEncoder, tokenize
+from training.torch_encoder import MeanPoolEncoder, tokenize
 
 # Temperature ~0.05 is what the strongest contrastive recommenders on
 # MovieLens-1M use (REFERENCE.md §3); much higher flattens the softmax.

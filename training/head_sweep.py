@@ -53,7 +53,7 @@ def main() -> None:
     if args.text_embeddings:
         text = np.load(args.text_embeddings)
     else:
-        from training.encoder import embed_texts, load_encoder, resolve_model_dir
+        from training.torch_encoder import embed_texts, load_encoder, resolve_model_dir
 
         encoder, tokenizer = load_encoder(resolve_model_dir(None))
         text = embed_texts(encoder, tokenizer, render_items(items), 48, progress=False)

@@ -1,7 +1,7 @@
 """`irec train --engine ray`: fine-tuning on Ray Train, embedding on Ray Data, streaming K-Means.
 
 The same three operations as the local engine (training.run.LocalEngine), with the same code
-underneath: the contrastive loop of training.finetune, embed_texts of training.encoder and the
+underneath: the contrastive loop of training.finetune, embed_texts of training.torch_encoder and the
 K selection and cluster descriptions of training.cluster. Only this module imports Ray.
 
 - Fine-tuning: a TorchTrainer with N workers (DDP; gloo on CPU, NCCL on GPU). Each worker
@@ -42,7 +42,6 @@ from sklearn.metrics import silhouette_score
 from transformers import PreTrainedTokenizerBase
 
 from training.cluster import SILHOUETTE_SAMPLE, Clustering, choose_k, describe_clustering
-from training.encoder import MeanPoolEncoder, embed_texts, load_encoder, pick_device
 from training.finetune import (
     ContrastiveBatch,
     FinetuneConfig,
@@ -53,6 +52,7 @@ from training.finetune import (
     sample_pairs,
     train_steps,
 )
+from training.torch_encoder import MeanPoolEncoder, embed_texts, load_encoder, pick_device
 
 # A fractional CPU per embedding actor: with 1 CPU each, an actor pool on a 2-core machine
 # deadlocks Ray Data (REFERENCE.md §1). Each actor runs torch on one thread.

@@ -21,7 +21,11 @@ from server.manifest import render_history
 from training.cluster import Clustering, cluster_users, item_terms
 from training.data import load_spec
 from training.dataset import Dataset
-from training.encoder import (
+from training.evaluate import popularity_scores, rank_metrics
+from training.finetune import FinetuneConfig, finetune
+from training.run_folder import write_run
+from training.text import render_items
+from training.torch_encoder import (
     DEFAULT_MODEL_NAME,
     MeanPoolEncoder,
     embed_texts,
@@ -29,10 +33,6 @@ from training.encoder import (
     pick_device,
     resolve_model_dir,
 )
-from training.evaluate import popularity_scores, rank_metrics
-from training.finetune import FinetuneConfig, finetune
-from training.run_folder import write_run
-from training.text import render_items
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.encoder import CUDA
+from server.text_encoder import CUDA
 
 pytestmark = pytest.mark.gpu
 

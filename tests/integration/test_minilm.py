@@ -12,9 +12,9 @@ def test_minilm_train_export_parity_and_serve(tmp_path):
     from export.bundle_writer import export_run
     from server.bundle import load_bundle
     from server.engine import RecommenderEngine, RecommendQuery
-    from training.encoder import default_model_dir
     from training.finetune import FinetuneConfig
     from training.run import TrainConfig, train
+    from training.torch_encoder import default_model_dir
 
     assert (default_model_dir() / "model.safetensors").is_file()
     run = train(

@@ -52,7 +52,7 @@ def _user_texts(run: Path) -> tuple[list[str], list[str]]:
 
 
 def test_ray_data_embeddings_equal_local(engine, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
-    from training.encoder import embed_texts, load_encoder
+    from training.torch_encoder import embed_texts, load_encoder
 
     encoder, tokenizer = load_encoder(trained_run / "model")
     items, histories = _user_texts(trained_run)

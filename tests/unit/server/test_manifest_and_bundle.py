@@ -80,7 +80,7 @@ def test_shape_mismatch_with_valid_checksums_is_refused(bundle_copy):
 
 
 def test_io_binding_path_gives_the_same_embeddings(bundle_dir):
-    from server.encoder import TextEncoder
+    from server.text_encoder import TextEncoder
 
     bundle = load_bundle(bundle_dir, device="cpu")
     plain = bundle.encoder

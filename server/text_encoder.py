@@ -28,7 +28,7 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
-def _preload_cuda_libraries() -> None:
+def preload_cuda_libraries() -> None:
     """Load CUDA and cuDNN from pip's nvidia-* packages where they are the only copy.
 
     onnxruntime-gpu does not find them on its own; ``preload_dlls`` (onnxruntime ≥ 1.21)
@@ -66,7 +66,7 @@ def create_session(
     if device == "cuda" and not want_cuda:
         raise RuntimeError("device=cuda asked for, but this onnxruntime has no CUDA provider")
     if want_cuda:
-        _preload_cuda_libraries()
+        preload_cuda_libraries()
         variant = "fp16" if "fp16" in encoders else "int8"
         # A failed CUDA load logs an error before falling back; we report the
         # outcome ourselves below, so silence it for this one call.
