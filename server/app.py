@@ -1,11 +1,15 @@
-"""Build and run the grpc.aio server: recommender service, health, reflection, graceful stop."""
+"""Build and run the grpc.aio server: recsys.v1, KServe v2, health, reflection; graceful stop.
+
+The servicers (server.service, server.kserve) sit on one Dispatcher (server.dispatch),
+which owns the worker pool and the served bundle; the interceptors are tracing, the
+bearer token (server.security) and malformed requests (server.malformed_requests).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -14,18 +18,19 @@ from grpc_reflection.v1alpha import reflection
 
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
+from server.dispatch import Dispatcher
 from server.engine import PreparedQuery, Recommendation, RecommenderEngine
 from server.generated.inference import grpc_service_pb2 as kpb
 from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.kserve import InferenceServicer
+from server.malformed_requests import MalformedRequestInterceptor
 from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, server_credentials
 from server.service import RecommenderAdminServicer, RecommenderServicer
 from server.serving import ServingState
 from server.tracing import Tracing, setup_tracing
-from server.wire import MalformedRequestInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +47,21 @@ class RunningServer:
         server: grpc.aio.Server,
         port: int,
         health_servicer: health.aio.HealthServicer,
-        executor: ThreadPoolExecutor,
-        state: ServingState,
+        dispatch: Dispatcher,
         tracing: Tracing | None = None,
     ) -> None:
         self.server = server
         self.tracing = tracing
         self.port = port
         self.health = health_servicer
-        self.executor = executor
-        self.state = state
+        self.dispatch = dispatch
         self.metrics_port: int | None = None
         self.watcher: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> ServingState:
+        """What is served now, and how it is replaced."""
+        return self.dispatch.state
 
     @property
     def engine(self) -> RecommenderEngine:
@@ -71,8 +79,7 @@ class RunningServer:
             self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        await self.state.close()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        await self.dispatch.close()
         if self.tracing is not None:
             self.tracing.shutdown()
 
@@ -101,7 +108,6 @@ async def start_server(config: ServerConfig, span_exporter: Any = None) -> Runni
     stops the server and raises BundleError. Binding port 0 picks a free port; the
     port the server got is returned, so tests never race on a port chosen in advance.
     """
-    executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="irec-engine")
     interceptors: list[Any] = []
     tracing = None
     if config.trace is not None:
@@ -110,26 +116,17 @@ async def start_server(config: ServerConfig, span_exporter: Any = None) -> Runni
         interceptors.append(tracing.interceptor)
     if config.auth_token:
         interceptors.append(BearerTokenInterceptor(config.auth_token))
-    # Innermost: requests that do not parse get INVALID_ARGUMENT (server.wire).
+    # Innermost: requests that do not parse get INVALID_ARGUMENT (server.malformed_requests).
     interceptors.append(MalformedRequestInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=_channel_options(config),
     )
     metrics = Metrics()
-    state = ServingState(config, executor, metrics)
-    pb_grpc.add_RecommenderServiceServicer_to_server(
-        RecommenderServicer(
-            state,
-            executor,
-            config.stream_in_flight,
-            config.max_streams,
-            tracing.stages if tracing is not None else None,
-        ),
-        server,
-    )
-    pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(state), server)
-    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    dispatch = Dispatcher(config, metrics, tracing.stages if tracing is not None else None)
+    pb_grpc.add_RecommenderServiceServicer_to_server(RecommenderServicer(dispatch), server)
+    pb_grpc.add_RecommenderAdminServicer_to_server(RecommenderAdminServicer(dispatch), server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dispatch), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -155,19 +152,19 @@ async def start_server(config: ServerConfig, span_exporter: Any = None) -> Runni
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health_servicer, executor, state, tracing)
+    running = RunningServer(server, port, health_servicer, dispatch, tracing)
     if config.metrics_port is not None:
         running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
     try:
-        await state.load(config.bundle)
+        await dispatch.state.load(config.bundle)
     except BaseException:
         await server.stop(0)
-        executor.shutdown(wait=False, cancel_futures=True)
+        dispatch.executor.shutdown(wait=False, cancel_futures=True)
         raise
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     if config.watch_dir is not None:
         running.watcher = asyncio.get_running_loop().create_task(
-            state.watch(config.watch_dir, config.watch_interval_s)
+            dispatch.state.watch(config.watch_dir, config.watch_interval_s)
         )
     return running
 

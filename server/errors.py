@@ -1,7 +1,8 @@
 """One exception tree for the server and the one table that maps it to gRPC codes.
 
-The engine raises these; the gRPC adapters (unary and streaming alike) map them
-with :func:`grpc_status_for`. Anything not in the tree becomes INTERNAL with a
+The engine and the dispatch layer raise these; the gRPC adapters (unary and streaming
+alike, server.grpc_calls) map them with :func:`grpc_status_for`, and the metrics count
+them by :func:`status_name`. Anything not in the tree becomes INTERNAL with a
 generic message: details go to the log, never to the caller.
 """
 
@@ -64,3 +65,8 @@ def grpc_status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, IrecError):
         return exc.code, str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def status_name(exc: BaseException) -> str:
+    """The status code's name (e.g. "INVALID_ARGUMENT") for any exception raised while serving."""
+    return grpc_status_for(exc)[0].name

@@ -8,12 +8,14 @@ Two models:
   ``CLUSTER_IDS`` INT32 [c]
 
 Tensors are read from ``raw_input_contents`` (what tritonclient sends) or ``contents``,
-and answered in ``raw_output_contents``. Errors use the one mapping table.
+and answered in ``raw_output_contents``. This module only maps tensors ↔ domain objects:
+ModelInfer goes through server.dispatch like every recsys.v1 call (deadlines,
+``--max-queue``, batching, ``--workers``, metrics under rpc="ModelInfer", tracing), and
+errors use the one mapping table (server.grpc_calls).
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from importlib import metadata
 from typing import Any
@@ -21,16 +23,17 @@ from typing import Any
 import grpc
 import numpy as np
 
+from server.dispatch import Dispatcher
 from server.engine import RecommendQuery
 from server.errors import InvalidArgument, NotFound
 from server.generated.inference import grpc_service_pb2 as kpb
 from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
-from server.service import _unary
-from server.serving import ServingState
+from server.grpc_calls import deadline_of, unary
 
 ENCODER = "irec-encoder"
 RECOMMENDER = "irec-recommender"
 MODELS = (ENCODER, RECOMMENDER)
+RPC = "ModelInfer"  # the rpc label of its metrics
 # The datatype each known input must have; anything else is INVALID_ARGUMENT.
 DATATYPES = {"TEXT": "BYTES", "HISTORY_ITEM_IDS": "BYTES", "K": "INT32"}
 
@@ -95,10 +98,10 @@ def _output(name: str, datatype: str, shape: list[int]) -> kpb.ModelInferRespons
 
 
 class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the served bundle."""
+    """inference.GRPCInferenceService over the dispatch layer."""
 
-    def __init__(self, state: ServingState) -> None:
-        self.state = state
+    def __init__(self, dispatch: Dispatcher) -> None:
+        self.dispatch = dispatch
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Live whenever the process answers."""
@@ -106,11 +109,11 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Ready once a bundle is loaded and warmed."""
-        return kpb.ServerReadyResponse(ready=self.state.ready)
+        return kpb.ServerReadyResponse(ready=self.dispatch.ready)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Both models are ready with the bundle."""
-        return kpb.ModelReadyResponse(ready=request.name in MODELS and self.state.ready)
+        return kpb.ModelReadyResponse(ready=request.name in MODELS and self.dispatch.ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Server name and version."""
@@ -122,10 +125,10 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Inputs and outputs of one model."""
-        return await _unary(self._metadata(request.name), context)
+        return await unary(self._metadata(request.name), context)
 
     async def _metadata(self, name: str) -> kpb.ModelMetadataResponse:
-        engine = self.state.current().engine
+        engine = self.dispatch.current().engine
         meta = kpb.ModelMetadataResponse.TensorMetadata
         version = [engine.bundle.version]
         if name == ENCODER:
@@ -157,20 +160,21 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Run one of the two models."""
-        return await _unary(self._infer(request), context)
+        return await unary(self._infer(request, deadline_of(context)), context)
 
-    async def _infer(self, request: kpb.ModelInferRequest) -> kpb.ModelInferResponse:
-        engine = self.state.current().engine
+    async def _infer(
+        self, request: kpb.ModelInferRequest, deadline: float | None
+    ) -> kpb.ModelInferResponse:
+        self.dispatch.current()  # not ready: UNAVAILABLE before anything else
         inputs = _inputs(request)
-        loop = asyncio.get_running_loop()
-        response = kpb.ModelInferResponse(
-            model_name=request.model_name, model_version=engine.bundle.version, id=request.id
-        )
+        response = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
         if request.model_name == ENCODER:
             if "TEXT" not in inputs:
                 raise InvalidArgument("inputs", "TEXT (BYTES) is required")
             texts = [t.decode("utf-8", "replace") for t in inputs["TEXT"]]
-            vectors = await loop.run_in_executor(None, engine.embed, texts)
+            embedded = await self.dispatch.embed(texts, RPC, deadline)
+            vectors = embedded.vectors
+            response.model_version = embedded.bundle_version
             response.outputs.append(_output("EMBEDDING", "FP32", list(vectors.shape)))
             response.raw_output_contents.append(vectors.astype("<f4").tobytes())
             return response
@@ -180,7 +184,9 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
             ids = [i.decode("utf-8", "replace") for i in inputs["HISTORY_ITEM_IDS"]]
             k = int(inputs["K"][0]) if "K" in inputs and len(inputs["K"]) else 0
             query = RecommendQuery(history_item_ids=ids, k=k)
-            result = await loop.run_in_executor(None, engine.recommend, query)
+            answer = await self.dispatch.recommend(query, RPC, deadline, request_id=request.id)
+            result = answer.recommendation
+            response.model_version = result.bundle_version
             item_ids = [i.item_id.encode() for i in result.items]
             scores = np.array([i.score for i in result.items], dtype="<f4")
             clusters = np.array([c.cluster_id for c in result.clusters], dtype="<i4")

@@ -1,8 +1,9 @@
 """What is served right now, and how it is replaced without dropping a request.
 
-A :class:`Loaded` pairs an engine with its batcher. Each RPC takes the current one once
-and uses it to the end, so a reload that swaps in a new one lets in-flight requests
-finish on the old bundle; the old batcher drains and stops after the swap.
+A :class:`Loaded` pairs an engine with its two batchers (histories, texts). Each request
+takes the current one once (server.dispatch) and uses it to the end, so a reload that
+swaps in a new one lets in-flight requests finish on the old bundle; the old batchers
+drain and stop after the swap.
 """
 
 from __future__ import annotations

@@ -1,21 +1,29 @@
-"""KServe v2 / Open Inference Protocol, called with the real tritonclient package.
+"""KServe v2 / Open Inference Protocol: the real tritonclient, and overload through dispatch.
 
-tritonclient registers the same protobuf names as our generated code, so the client
-runs in a child process, against the server in another.
+tritonclient registers the same protobuf names as our generated code, so that client
+runs in a child process, against the server in another; the overload test sends raw
+ModelInfer requests with the generated code itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
+import grpc
 import pytest
 
 from irec.server_process import spawn_server
+from server.generated.inference import grpc_service_pb2 as kpb
+from tests.conftest import background_server
+from tests.integration.test_metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,3 +94,68 @@ def test_tritonclient_calls_encoder_and_recommender(bundle_dir, tmp_path):
     assert out["scores"] == sorted(out["scores"], reverse=True)
     assert len(out["clusters"]) == 3
     assert out["unknown_model"] == "StatusCode.NOT_FOUND"
+
+
+MAX_QUEUE = 4
+BURST = 400
+CHANNELS = 8
+
+
+def _infer_request(i: int, model: str) -> kpb.ModelInferRequest:
+    """One raw-tensor ModelInfer request, as tritonclient sends it."""
+    request = kpb.ModelInferRequest(model_name=model, id=f"r{i}")
+    if model == "irec-encoder":
+        request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+        values = [f"a long free text about jazz and horror number {i} ".encode() * 8]
+    else:
+        request.inputs.add(name="HISTORY_ITEM_IDS", datatype="BYTES", shape=[40])
+        values = [str(1 + (i * 13 + j) % 360).encode() for j in range(40)]
+    request.raw_input_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in values))
+    return request
+
+
+async def _burst(target: str, model: str) -> list[tuple[str, str]]:
+    """BURST concurrent ModelInfer calls; (status code name, details) of each."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+
+    async def call(i: int) -> tuple[str, str]:
+        infer = channels[i % CHANNELS].unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=kpb.ModelInferRequest.SerializeToString,
+            response_deserializer=kpb.ModelInferResponse.FromString,
+        )
+        try:
+            answer = await infer(_infer_request(i, model), timeout=60)
+            return ("OK" if answer.raw_output_contents else "EMPTY"), ""
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name, exc.details() or ""
+
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        return await asyncio.gather(*(call(i) for i in range(BURST)))
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+@pytest.mark.parametrize("model", ["irec-recommender", "irec-encoder"])
+def test_model_infer_is_admitted_batched_and_counted_like_recsys(bundle_dir, model):
+    # ModelInfer goes through the same dispatch as recsys.v1: past --max-queue waiting
+    # requests it is refused at once, accepted calls share encoder runs, and /metrics
+    # counts every call under rpc="ModelInfer".
+    options = {"max_queue": MAX_QUEUE, "max_batch": 4, "workers": 1, "metrics_port": 0}
+    with background_server(bundle_dir, **options) as server:
+        outcomes = asyncio.run(_burst(server.target, model))
+        metrics = scrape(server.running.metrics_port)
+    codes = Counter(code for code, _ in outcomes)
+    print(f"\n{model}: {BURST} concurrent calls against --max-queue {MAX_QUEUE}: {dict(codes)}")
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["OK"] >= MAX_QUEUE and codes["RESOURCE_EXHAUSTED"] >= 1
+    assert all(d.startswith("server overloaded") for c, d in outcomes if c != "OK")
+    for code, count in codes.items():
+        assert metrics[f'irec_requests_total{{code="{code}",rpc="ModelInfer"}}'] == count
+    queued = metrics['irec_request_seconds_count{rpc="ModelInfer",stage="queue"}']
+    assert queued == codes["OK"]
+    assert metrics["irec_batch_size_sum"] == codes["OK"]  # one batcher item per call
+    assert metrics["irec_batch_size_count"] < metrics["irec_batch_size_sum"]  # some batch > 1
