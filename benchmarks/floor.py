@@ -183,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--saturate", type=int, default=64, help="callers for throughput")
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--window", type=int, default=64, help="stream messages in flight")
-    parser.add_argument("--max-batch", type=int, default=32, help="server and floor batch")
+    parser.add_argument(
+        "--max-batch", type=int, default=ServerConfig.max_batch, help="server and floor batch"
+    )
     parser.add_argument("--history-length", type=int, default=20, help="items per history")
     args = parser.parse_args(argv)
     np.random.seed(0)

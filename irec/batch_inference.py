@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
 SETTINGS_FILE = "_scoring.json"
 # Queries per encoder run: the server's default max_batch, so runs look like the server's.
-ENCODE_BATCH = 32
+ENCODE_BATCH = ServerConfig.max_batch
 # Per-actor CPU request on a CPU cluster: below 1 so that read and write tasks always find
 # a CPU (1 CPU per actor deadlocks Ray Data on a 2-core machine; ../shared/REFERENCE.md).
 ACTOR_CPUS = 0.5
@@ -182,7 +182,7 @@ def _read_columns(path: Path) -> list[str]:
 def _check_options(options: ScoreOptions) -> str:
     """Option ranges against the bundle's manifest; returns the bundle version."""
     manifest = read_manifest(options.bundle)
-    max_k = min(1000, manifest.num_items)
+    max_k = min(ServerConfig.max_k, manifest.num_items)
     if not 1 <= options.k <= max_k:
         raise ScoringError(f"--k: {options.k} is out of range: give 1..{max_k}")
     if not 0 <= options.num_clusters <= manifest.num_clusters:

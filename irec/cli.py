@@ -1,9 +1,10 @@
-"""The `irec` console script: train, export, serve, query, demo.
+"""The `irec` console script: train, eval, export, serve, query, bench, score, demo.
 
 Every option has an environment-variable twin (shown in --help), read when the
-parser is built in main(), never at import. `serve` and `query` import only
-serving code; `train`, `export` and `demo` import training code lazily and need
-the `train` extra.
+parser is built in main(), never at import (irec.options). `serve` takes its options
+from server.config.ServerConfig and `score` from irec.batch_inference.ScoreOptions.
+`serve`, `query` and `bench` import only serving code; `train`, `eval`, `export` and
+`demo` import training code lazily and need the `train` extra.
 """
 
 from __future__ import annotations
@@ -11,42 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from irec.options import EnvArgs, from_args
+from server.config import ServerConfig, default_target
+
 EXIT_USAGE = 2
-
-
-class EnvArgs:
-    """Adds options whose defaults come from IREC_<PREFIX>_<NAME> environment variables."""
-
-    def __init__(self, parser: argparse.ArgumentParser, prefix: str) -> None:
-        self.parser = parser
-        self.prefix = prefix
-
-    def add(self, *flags: str, help: str, default: Any = None, **kwargs: Any) -> None:  # noqa: A002
-        """Like add_argument; the env twin overrides `default` and satisfies `required`."""
-        long = next(f for f in flags if f.startswith("--"))
-        env = f"IREC_{self.prefix}_{long[2:].replace('-', '_').upper()}"
-        raw = os.environ.get(env)
-        if raw is not None:
-            if kwargs.get("action") == "store_true":
-                default = raw.lower() in ("1", "true", "yes", "on")
-            else:
-                convert: Callable[[str], Any] = kwargs.get("type", str)
-                default = convert(raw)
-            kwargs["required"] = False
-        shown = (
-            ""
-            if default is None or kwargs.get("action") == "store_true"
-            else f" (default: {default})"
-        )
-        self.parser.add_argument(
-            *flags, default=default, help=f"{help}{shown} [env: {env}]", **kwargs
-        )
 
 
 def _clusters(value: str) -> int | None:
@@ -167,54 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a bundle over gRPC")
     a = EnvArgs(p, "SERVE")
-    a.add("--bundle", required=True, type=Path, help="bundle folder")
-    a.add("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    a.add("--port", type=int, default=50051, help="port to bind; 0 picks a free one")
-    a.add("--port-file", type=Path, help="write the bound port here once serving")
-    a.add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime device")
-    a.add("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = per core)")
-    a.add("--workers", type=int, default=4, help="threads running encode and search")
-    a.add("--max-k", type=int, default=1000, help="largest k a request may ask for")
-    a.add("--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop")
-    a.add("--max-batch", type=int, default=32, help="requests gathered into one encoder run")
-    a.add("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
-    a.add("--max-queue", type=int, default=1024, help="waiting requests before RESOURCE_EXHAUSTED")
-    a.add(
-        "--max-streams", type=int, default=256, help="concurrent streams before RESOURCE_EXHAUSTED"
-    )
-    a.add("--max-message-mb", type=int, default=16, help="largest message either way, MiB")
-    a.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
-    a.add("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key turns TLS on")
-    a.add("--tls-key", type=Path, help="server private key (PEM)")
-    a.add("--tls-client-ca", type=Path, help="CA of client certificates: mutual TLS")
-    a.add("--catalogue-log", type=Path, help="log of AddItems/RemoveItems, replayed at load")
-    a.add("--watch-dir", type=Path, help="serve the newest bundle that appears in this folder")
-    a.add("--watch-interval", type=float, default=2.0, help="seconds between --watch-dir scans")
-    a.add("--auth-token", help="bearer token every non-health call must carry")
-    a.add(
-        "--max-connection-age",
-        type=float,
-        help="close each client connection after this many seconds so clients re-resolve "
-        "DNS and rebalance over replicas (default: never)",
-    )
-    a.add(
-        "--max-connection-age-grace",
-        type=float,
-        default=30.0,
-        help="seconds calls on an aged connection get to finish",
-    )
-    a.add(
-        "--trace",
-        choices=["console", "otlp"],
-        help="OpenTelemetry traces: a span per call with queue/tokenize/encode/search "
-        "children, printed (console) or sent to OTEL_EXPORTER_OTLP_ENDPOINT (otlp)",
-    )
+    a.add_fields(ServerConfig)
     a.add("--log-level", default="INFO", help="logging level")
     a.add("--log-format", choices=["text", "json"], default="text", help="log line format")
 
     p = sub.add_parser("query", help="send Recommend requests to a running server")
     a = EnvArgs(p, "QUERY")
-    a.add("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    a.add("--target", default=default_target(), help="server HOST:PORT")
     a.add("--history", default="", help="comma-separated item IDs, oldest first")
     a.add("--text", action="append", help="free text of interest (repeatable)")
     a.add("-k", "--k", type=int, default=10, help="items to return")
@@ -236,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="load-test a running server: RPS and latency percentiles")
     a = EnvArgs(p, "BENCH")
-    a.add("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    a.add("--target", default=default_target(), help="server HOST:PORT")
     a.add(
         "--rpc",
         choices=["recommend", "recommend-stream", "embed", "embed-stream"],
@@ -386,41 +319,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from server.app import serve
-    from server.config import ServerConfig
     from server.logs import configure
 
     configure(args.log_level, args.log_format)
-    asyncio.run(
-        serve(
-            ServerConfig(
-                bundle=args.bundle,
-                host=args.host,
-                port=args.port,
-                device=args.device,
-                intra_op_threads=args.threads,
-                workers=args.workers,
-                max_k=args.max_k,
-                grace_s=args.grace,
-                max_batch=args.max_batch,
-                max_wait_ms=args.max_wait_ms,
-                max_queue=args.max_queue,
-                metrics_port=args.metrics_port,
-                max_streams=args.max_streams,
-                max_message_mb=args.max_message_mb,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-                tls_client_ca=args.tls_client_ca,
-                auth_token=args.auth_token,
-                watch_dir=args.watch_dir,
-                catalogue_log=args.catalogue_log,
-                watch_interval_s=args.watch_interval,
-                port_file=args.port_file,
-                max_connection_age_s=args.max_connection_age,
-                max_connection_age_grace_s=args.max_connection_age_grace,
-                trace=args.trace,
-            )
-        )
-    )
+    asyncio.run(serve(from_args(ServerConfig, args)))
     return 0
 
 

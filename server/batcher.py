@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from server.config import ServerConfig
 from server.errors import Overloaded, Unavailable
 
 T = TypeVar("T")
@@ -63,12 +64,12 @@ class MicroBatcher(Generic[T, R]):
         run_batch: Callable[[Sequence[T]], Sequence[R]],
         cost: Callable[[T], int],
         executor: Executor,
-        max_batch: int = 32,
-        max_wait_ms: float = 2.0,
-        max_queue: int = 1024,
+        max_batch: int = ServerConfig.max_batch,
+        max_wait_ms: float = ServerConfig.max_wait_ms,
+        max_queue: int = ServerConfig.max_queue,
         on_batch: Callable[[int], None] | None = None,
         tokenize_clock: Callable[[], float] | None = None,
-        max_running: int = 4,
+        max_running: int = ServerConfig.workers,
     ) -> None:
         self.run_batch = run_batch
         # Read on the thread that ran a batch: the ms of it that went to tokenizing.

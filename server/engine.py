@@ -17,6 +17,7 @@ import numpy as np
 
 from server.bundle import Bundle
 from server.catalogue import Catalogue
+from server.config import ServerConfig
 from server.errors import InvalidArgument
 from server.manifest import render_history
 
@@ -35,7 +36,7 @@ class RetrievalMode(str, Enum):
 class Limits:
     """Request bounds; each violation is an INVALID_ARGUMENT naming the field."""
 
-    max_k: int = 1000
+    max_k: int = ServerConfig.max_k
     max_history_items: int = 2048
     max_texts: int = 64
     max_text_chars: int = 4096

@@ -8,11 +8,13 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.config import default_target
+
 
 def main() -> int:
     """Check one target; print the status."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    parser.add_argument("--target", default=default_target(), help="server HOST:PORT")
     parser.add_argument("--service", default="", help="service name ('' = whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ timing, settings that `irec serve` accepts, the GPU request.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import pytest
 import yaml
 
 from irec.cli import build_parser
+from irec.options import from_args
+from server.config import ServerConfig
 from server.generated.recsys.v1 import recommender_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -192,6 +195,41 @@ def test_settings_are_options_that_irec_serve_accepts(
     assert args.host == "0.0.0.0"  # reachable by the kubelet's probes and other pods
     assert args.watch_dir == Path(args.bundle).parent  # start bundle is a watched one
     assert args.metrics_port is not None
+
+
+# Settings a manifest spells out although they equal the server's default, and why.
+RESTATED_DEFAULTS = {
+    # containerPort, the Services and the probes name the port, so the manifest does too.
+    "IREC_SERVE_PORT",
+    # Spelled out beside MAX_CONNECTION_AGE, which has no default.
+    "IREC_SERVE_MAX_CONNECTION_AGE_GRACE",
+}
+
+
+def test_settings_override_the_defaults_or_restate_them_exactly(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    # server.config.ServerConfig is the one source of the defaults: a manifest sets a
+    # variable to change a default (not to copy it), and what it restates must still be
+    # the default, so changing one in server/config.py fails here until the manifest follows.
+    env = _env(_server(rendered[variant]))
+    flags = {
+        f.name: f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(ServerConfig)
+        if "help" in f.metadata
+    }
+    field_of = {"IREC_SERVE_" + flag[2:].replace("-", "_").upper(): n for n, flag in flags.items()}
+    settings = {field_of[k]: v for k, v in env.items() if k in field_of and v}  # not valueFrom
+    argv = ["serve"] + [part for n, v in settings.items() for part in (flags[n], v)]
+    config = from_args(ServerConfig, build_parser().parse_args(argv))
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+    for name in settings.keys() - {"bundle"}:
+        restated = f"IREC_SERVE_{flags[name][2:].replace('-', '_').upper()}" in RESTATED_DEFAULTS
+        if restated:
+            assert getattr(config, name) == defaults[name], f"{flags[name]} is not the default"
+        else:
+            assert getattr(config, name) != defaults[name], f"{flags[name]} copies the default"
+    assert RESTATED_DEFAULTS <= set(env)
 
 
 def test_metrics_port_is_exposed_and_annotated_for_prometheus(
