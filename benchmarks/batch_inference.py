@@ -1,8 +1,8 @@
-"""Batch scoring throughput: `irec score` local engine vs Ray with 1 and 2 workers.
+"""Batch inference throughput: `irec score` local backend vs Ray with 1 and 2 workers.
 
 `python -m benchmarks.batch_inference --bundle DIR --users 100000` writes seeded synthetic
 users (histories drawn from the bundle's items) to a temporary Parquet file, scores it
-with each engine into a fresh output folder and prints a markdown table of users/s.
+with each backend into a fresh output folder and prints a markdown table of users/s.
 Each time is the whole run as a user sees it (bundle load, actor start-up, read, score,
 write); Ray is started once beforehand and its start-up is reported separately.
 """
@@ -59,9 +59,9 @@ def write_users(
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One engine's run."""
+    """One backend's run."""
 
-    engine: str
+    backend: str
     workers: int
     summary: ScoreSummary
 
@@ -69,7 +69,7 @@ class BenchRow:
         """A table row."""
         s = self.summary
         return (
-            f"| {self.engine} | {self.workers} | {s.rows:,} | {s.errors:,} | {s.seconds:.1f} | "
+            f"| {self.backend} | {self.workers} | {s.rows:,} | {s.errors:,} | {s.seconds:.1f} | "
             f"{s.users_per_s:,.0f} |"
         )
 
@@ -89,7 +89,7 @@ def run(bundle: Path, users: int, batch_size: int, seed: int, workdir: Path) -> 
     try:
         for workers in (1, 2):
             options = replace(
-                base, engine="ray", workers=workers, output=workdir / f"ray-{workers}"
+                base, backend="ray", workers=workers, output=workdir / f"ray-{workers}"
             )
             rows.append(BenchRow("ray", workers, score(options)))
     finally:
@@ -102,14 +102,14 @@ def format_table(rows: Sequence[BenchRow], cores: int) -> str:
     lines = [
         f"machine: {cores} cores; whole runs (load + read + score + write)",
         "",
-        "| engine | workers | users | error rows | seconds | users/s |",
+        "| backend | workers | users | error rows | seconds | users/s |",
         "|---|---|---|---|---|---|",
     ]
     return "\n".join([*lines, *(r.markdown() for r in rows)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run the three engines, print the table."""
+    """Parse arguments, run the three backends, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder")
     parser.add_argument("--users", type=int, default=100_000, help="synthetic users")

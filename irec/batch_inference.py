@@ -1,8 +1,8 @@
-"""`irec score`: offline batch scoring of a Parquet table of users with the server's engine.
+"""`irec score`: batch inference over a Parquet table of users with the server's engine.
 
 One encoder implementation: every row becomes a :class:`RecommendQuery` and goes through
 the same ``RecommenderEngine`` (prepare → user_vectors → finish) that answers Recommend,
-loaded with the server's own ``load_engine``. Two engines drive it:
+loaded with the server's own ``load_engine``. Two backends run it:
 
 - ``local``: streams each input file with ``pyarrow`` (``iter_batches``) and writes one
   part file per input batch, ``part-FFFFF-BBBBBB.parquet`` (input file F, batch B).
@@ -13,7 +13,7 @@ loaded with the server's own ``load_engine``. Two engines drive it:
 Restarts: a part (local: an input batch; ray: an input file) is written under a hidden
 temporary name and renamed into place only when complete, so a part that exists is
 finished; a rerun skips it and says so. ``_scoring.json`` in the output folder records the
-settings that decide the parts (engine, batch size, bundle, k, clusters, inputs); a rerun
+settings that decide the parts (backend, batch size, bundle, k, clusters, inputs); a rerun
 with other settings is refused rather than mixing two runs in one folder.
 
 A row that the engine refuses (e.g. a history of unknown item IDs only) gets its message in
@@ -46,7 +46,7 @@ from server.serving import load_engine
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
+BACKENDS = ("local", "ray")
 SETTINGS_FILE = "_scoring.json"
 # Queries per encoder run: the server's default max_batch, so runs look like the server's.
 ENCODE_BATCH = ServerConfig.max_batch
@@ -82,11 +82,11 @@ class ScoreOptions:
     bundle: Path
     input: Path
     output: Path
-    engine: str = "local"
+    backend: str = "local"  # who runs the engine: local (this process) | ray
     batch_size: int = 1024
     k: int = 10
     num_clusters: int = 3
-    device: str = "auto"  # local engine: auto | cpu | cuda; ray: cuda where GPUs exist
+    device: str = "auto"  # local backend: auto | cpu | cuda; ray: cuda where GPUs exist
     threads: int = 0  # ONNX Runtime intra-op threads (0 = default; ray: cores / workers)
     workers: int = 2  # ray actors
     address: str | None = None  # ray cluster to join (None = start a local one)
@@ -112,12 +112,12 @@ class ScoreSummary:
 
 
 def score(options: ScoreOptions) -> ScoreSummary:
-    """Score options.input into options.output with the chosen engine."""
-    if options.engine == "local":
+    """Score options.input into options.output with the chosen backend."""
+    if options.backend == "local":
         return score_local(options)
-    if options.engine == "ray":
+    if options.backend == "ray":
         return score_ray(options)
-    raise ScoringError(f"--engine: {options.engine!r} is not one of {', '.join(ENGINES)}")
+    raise ScoringError(f"--backend: {options.backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 # -- input and output ------------------------------------------------------------------
@@ -203,13 +203,13 @@ def _open_output(options: ScoreOptions, bundle_version: str, files: Sequence[Pat
     if out.exists() and not out.is_dir():
         raise ScoringError(f"{out}: --output exists and is not a folder")
     settings: dict[str, Any] = {
-        "engine": options.engine,
+        "backend": options.backend,
         "bundle_version": bundle_version,
         "k": options.k,
         "num_clusters": options.num_clusters,
         "inputs": [str(f.resolve()) for f in files],
     }
-    if options.engine == "local":  # ray parts are whole files; the batch size does not matter
+    if options.backend == "local":  # ray parts are whole files; the batch size does not matter
         settings["batch_size"] = options.batch_size
     path = out / SETTINGS_FILE
     if path.is_file():
@@ -327,7 +327,7 @@ def score_table(
     )
 
 
-# -- local engine ------------------------------------------------------------------------
+# -- local backend -----------------------------------------------------------------------
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -383,7 +383,7 @@ def score_local(options: ScoreOptions) -> ScoreSummary:
     return summary
 
 
-# -- ray engine --------------------------------------------------------------------------
+# -- ray backend -------------------------------------------------------------------------
 
 
 class ScorerActor:

@@ -83,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--seed", type=int, default=0, help="random seed")
     a.add("--quiet", action="store_true", help="no progress bars")
     a.add(
-        "--engine",
+        "--backend",
         choices=["local", "ray"],
         default="local",
         help="local: one process; ray: Ray Train fine-tuning, Ray Data embedding, "
         "mini-batch K-Means (needs the `ray` extra)",
     )
-    a.add("--address", help="Ray cluster address for --engine ray (default: a local Ray)")
+    a.add("--address", help="Ray cluster address for --backend ray (default: a local Ray)")
     a.add("--ray-workers", type=int, default=2, help="Ray Train workers and embedding actors")
 
     p = sub.add_parser("eval", help="the leave-one-out quality protocol with baselines → report")
@@ -209,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Parquet file or folder: user_id, history_item_ids (oldest first)[, history_texts]",
     )
     a.add("--output", required=True, type=Path, help="folder of part files (a rerun resumes)")
-    a.add("--engine", choices=["local", "ray"], default="local", help="who runs the engine")
+    a.add(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="who runs the engine: this process (local) or a Ray cluster",
+    )
     a.add("--address", help="Ray cluster to join (default: start a local one)")
     a.add("--batch-size", type=int, default=1024, help="users per batch (local: per part file)")
     a.add("-k", "--k", type=int, default=10, help="items per user")
@@ -261,7 +266,7 @@ def _train(args: argparse.Namespace) -> int:
                 seed=args.seed,
             ),
             progress=not args.quiet,
-            engine=args.engine,
+            backend=args.backend,
             ray_address=args.address,
             ray_workers=args.ray_workers,
         )
@@ -403,7 +408,7 @@ def _score(args: argparse.Namespace) -> int:
                 bundle=args.bundle,
                 input=args.input,
                 output=args.output,
-                engine=args.engine,
+                backend=args.backend,
                 batch_size=args.batch_size,
                 k=args.k,
                 num_clusters=args.clusters,

@@ -166,7 +166,7 @@ def train_steps(
     device: torch.device,
     progress: bool = True,
 ) -> list[float]:
-    """The contrastive loop both engines run; `model` is a PairEncoder (DDP-wrapped on Ray)."""
+    """The contrastive loop both backends run; `model` is a PairEncoder (DDP-wrapped on Ray)."""
     model.train()
     losses: list[float] = []
     bar = tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress)

@@ -49,8 +49,8 @@ class TrainConfig:
     eval_users: int = 1000
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     progress: bool = True
-    # "local": one process; "ray": Ray Train / Ray Data (training.ray_engine).
-    engine: str = "local"
+    # "local": one process; "ray": Ray Train / Ray Data (training.ray_backend).
+    backend: str = "local"
     ray_address: str | None = None
     ray_workers: int = 2
 
@@ -71,8 +71,8 @@ class StageTimer:
         print(f"[train] {name} done in {self.seconds[name]:.1f} s", flush=True)
 
 
-class TrainingEngine(Protocol):
-    """Where fine-tuning, embedding and clustering run: LocalEngine or ray_engine.RayEngine."""
+class TrainingBackend(Protocol):
+    """Where fine-tuning, embedding and clustering run: LocalBackend or ray_backend.RayBackend."""
 
     device: Any  # where the driver keeps the encoder (torch.device)
 
@@ -108,8 +108,8 @@ class TrainingEngine(Protocol):
         """Users' clusters."""
 
 
-class LocalEngine:
-    """Fine-tune, embed and cluster in this process (the default engine)."""
+class LocalBackend:
+    """Fine-tune, embed and cluster in this process (the default backend)."""
 
     def __init__(self, progress: bool) -> None:
         self.device = pick_device()
@@ -149,20 +149,20 @@ def _histories(texts: list[str], sequences: list[list[int]], max_items: int) -> 
 
 def train(config: TrainConfig) -> Path:
     """Run the whole training pipeline and write the run folder; return its path."""
-    if config.engine == "ray":
-        from training.ray_engine import RayEngine
+    if config.backend == "ray":
+        from training.ray_backend import RayBackend
 
         storage = config.out.with_name(config.out.name + ".ray")
-        with RayEngine(
+        with RayBackend(
             config.ray_address, config.ray_workers, storage, config.progress
-        ) as ray_engine:
-            return _train(config, ray_engine)
-    if config.engine != "local":
-        raise ValueError(f"engine {config.engine!r}: expected 'local' or 'ray'")
-    return _train(config, LocalEngine(config.progress))
+        ) as ray_backend:
+            return _train(config, ray_backend)
+    if config.backend != "local":
+        raise ValueError(f"backend {config.backend!r}: expected 'local' or 'ray'")
+    return _train(config, LocalBackend(config.progress))
 
 
-def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
+def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
     timer = StageTimer()
     ft = config.finetune
     with timer.stage("load data"):
@@ -191,11 +191,11 @@ def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
 
     model_dir = resolve_model_dir(config.model)
     encoder, tokenizer = load_encoder(model_dir)
-    encoder.to(engine.device)
+    encoder.to(backend.device)
     metrics: dict[str, dict[str, float]] = {}
 
     def evaluate(name: str, item_vectors: np.ndarray) -> None:
-        queries = engine.embed(
+        queries = backend.embed(
             encoder,
             tokenizer,
             _histories(texts, eval_histories, ft.max_history_items),
@@ -205,7 +205,9 @@ def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
         metrics[name] = rank_metrics(queries @ item_vectors.T, eval_histories, eval_targets)
 
     with timer.stage("evaluate pretrained encoder"):
-        pretrained_items = engine.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
+        pretrained_items = backend.embed(
+            encoder, tokenizer, texts, ft.item_max_length, desc="items"
+        )
         evaluate("pretrained encoder", pretrained_items)
         metrics["popularity"] = rank_metrics(
             popularity_scores(train_sequences, len(items), len(eval_rows)),
@@ -214,12 +216,12 @@ def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
         )
 
     with timer.stage("fine-tune"):
-        encoder, losses = engine.finetune(encoder, tokenizer, texts, train_sequences, ft)
+        encoder, losses = backend.finetune(encoder, tokenizer, texts, train_sequences, ft)
 
     with timer.stage("embed items and users"):
-        item_embeddings = engine.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
+        item_embeddings = backend.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
         evaluate("fine-tuned encoder", item_embeddings)
-        user_embeddings = engine.embed(
+        user_embeddings = backend.embed(
             encoder,
             tokenizer,
             _histories(texts, sequences, ft.max_history_items),
@@ -229,7 +231,7 @@ def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
 
     with timer.stage("cluster users"):
         terms = item_terms(list(items["categories"]), list(items["title"]))
-        clustering = engine.cluster(
+        clustering = backend.cluster(
             user_embeddings, item_embeddings, sequences, terms, config.clusters, config.seed
         )
         print(
@@ -254,7 +256,8 @@ def _train(config: TrainConfig, engine: TrainingEngine) -> Path:
                 "data": config.data,
                 "seed": config.seed,
                 "clusters": config.clusters,
-                "engine": config.engine,
+                # The backend that trained (local | ray); run.json's key predates the name.
+                "engine": config.backend,
                 "finetune": asdict(config.finetune),
                 "metrics": metrics,
                 "loss": losses,

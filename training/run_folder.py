@@ -2,7 +2,8 @@
 
 A run folder::
 
-    run.json             config, model name, metrics, loss curve, stage timings (RunInfo keys)
+    run.json             model name, data spec, seed, backend ("engine": local | ray),
+                         fine-tuning config, metrics, loss curve, stage timings
     model/               the fine-tuned transformer + tokenizer (Hugging Face format)
     items.jsonl          id, title, text, categories per item (row = embedding row)
     item_embeddings.npy  float32 [items, dim]

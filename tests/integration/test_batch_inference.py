@@ -251,7 +251,7 @@ def ray_session():
 
 def test_ray_engine_equals_local_and_resumes(ray_session, local_scores, tmp_path):
     options, _, local = local_scores
-    ray_options = replace(options, engine="ray", workers=2, output=tmp_path / "ray")
+    ray_options = replace(options, backend="ray", workers=2, output=tmp_path / "ray")
     summary = score(ray_options)
     assert (summary.parts_written, summary.rows, summary.errors) == (2, len(local), 2)
     scores = _by_user(read_scores(ray_options.output))

@@ -1,6 +1,6 @@
-"""`irec train --engine ray`: Ray Data embedding, streaming clustering, Ray Train fine-tuning.
+"""`irec train --backend ray`: Ray Data embedding, streaming clustering, Ray Train fine-tuning.
 
-Compared against the local engine on the session's tiny run (a 2-layer BERT, demo data).
+Compared against the local backend on the session's tiny run (a 2-layer BERT, demo data).
 One Ray instance for the module (4 logical CPUs on the 2-core machine: Ray Data's actor
 pool and Ray Train's workers each hold part of one; see REFERENCE.md §1).
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip(
-    "ray", reason="the Ray engine needs the `ray` extra: pip install 'irec[ray]'"
+    "ray", reason="the Ray backend needs the `ray` extra: pip install 'irec[ray]'"
 )
 pytest.importorskip("ray.train.torch", reason="Ray Train needs ray[train] (pydantic)")
 
@@ -33,12 +33,12 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def engine(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from training.ray_engine import RayEngine
+def backend(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from training.ray_backend import RayBackend
 
     storage = tmp_path_factory.mktemp("ray-storage")
-    with RayEngine(None, WORKERS, storage, progress=False) as ray_engine:
-        yield ray_engine
+    with RayBackend(None, WORKERS, storage, progress=False) as ray_backend:
+        yield ray_backend
 
 
 def _user_texts(run: Path) -> tuple[list[str], list[str]]:
@@ -51,19 +51,19 @@ def _user_texts(run: Path) -> tuple[list[str], list[str]]:
     return texts, histories
 
 
-def test_ray_data_embeddings_equal_local(engine, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ray_data_embeddings_equal_local(backend, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
     from training.torch_encoder import embed_texts, load_encoder
 
     encoder, tokenizer = load_encoder(trained_run / "model")
     items, histories = _user_texts(trained_run)
     texts = histories + items  # short and long texts, in no particular length order
     local = embed_texts(encoder, tokenizer, texts, 128, progress=False)
-    distributed = engine.embed(encoder, tokenizer, texts, 128, desc="test")
+    distributed = backend.embed(encoder, tokenizer, texts, 128, desc="test")
     assert distributed.shape == local.shape and distributed.dtype == np.float32
     np.testing.assert_allclose(distributed, local, atol=1e-5)
 
 
-def test_streaming_clusters_agree_with_local_kmeans(engine, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_clusters_agree_with_local_kmeans(backend, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
     from sklearn.metrics import adjusted_rand_score
 
     from training.cluster import choose_k
@@ -74,18 +74,18 @@ def test_streaming_clusters_agree_with_local_kmeans(engine, trained_run: Path) -
     user_items = [[0]] * len(users)  # descriptions are not under test here
     terms = [["x"]] * len(items)
 
-    fixed = engine.cluster(users, items, user_items, terms, k=12, seed=0)
+    fixed = backend.cluster(users, items, user_items, terms, k=12, seed=0)
     assert fixed.centroids.shape == (12, users.shape[1]) and sum(fixed.sizes) == len(users)
     ari = adjusted_rand_score(local_labels, fixed.labels)
     assert ari >= 0.8, f"adjusted Rand vs local K-Means {ari:.3f}"
 
-    auto = engine.cluster(users, items, user_items, terms, k=None, seed=0)
+    auto = backend.cluster(users, items, user_items, terms, k=None, seed=0)
     # K is chosen by the same rule on the same seeded sample as locally.
     assert auto.k_scores == pytest.approx(choose_k(users, seed=0))
     assert len(auto.centroids) == max(auto.k_scores, key=auto.k_scores.__getitem__)
 
 
-def test_train_engine_ray_writes_a_run_that_exports(
+def test_train_backend_ray_writes_a_run_that_exports(
     ray_cluster: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from export.bundle_writer import export_run, verify_bundle
@@ -115,7 +115,7 @@ def test_train_engine_ray_writes_a_run_that_exports(
             "--eval-users",
             "100",
             "--quiet",
-            "--engine",
+            "--backend",
             "ray",
             "--ray-workers",
             str(WORKERS),

@@ -1,6 +1,6 @@
-"""`irec train --engine ray`: fine-tuning on Ray Train, embedding on Ray Data, streaming K-Means.
+"""`irec train --backend ray`: fine-tuning on Ray Train, embedding on Ray Data, streaming K-Means.
 
-The same three operations as the local engine (training.run.LocalEngine), with the same code
+The same three operations as the local backend (training.run.LocalBackend), with the same code
 underneath: the contrastive loop of training.finetune, embed_texts of training.torch_encoder and the
 K selection and cluster descriptions of training.cluster. Only this module imports Ray.
 
@@ -8,7 +8,7 @@ K selection and cluster descriptions of training.cluster. Only this module impor
   takes batch_size pairs per step (the same in-batch loss as local), so one step sees
   N × batch_size pairs and an epoch has N times fewer steps; the learning rate is not scaled.
   Rank 0 returns the encoder as a Hugging Face checkpoint, which the driver loads, so the run
-  folder is written exactly as the local engine writes it.
+  folder is written exactly as the local backend writes it.
 - Embedding: a Ray Data dataset of (row, text) → map_batches on a pool of actors that each
   take the encoder from the object store once → embeddings put back in row order.
 - Clustering: K is chosen exactly as locally (silhouette over 4..16 on the same seeded sample
@@ -276,7 +276,7 @@ def finetune_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({"loss": losses[-1], "steps": len(losses)}, checkpoint=checkpoint)
 
 
-class RayEngine:
+class RayBackend:
     """Fine-tune, embed and cluster on a Ray cluster (local when address is None)."""
 
     device = torch.device("cpu")  # the driver only holds the encoder; workers compute
@@ -293,7 +293,7 @@ class RayEngine:
         self._model: tuple[MeanPoolEncoder, Any] | None = None
         self._last: tuple[np.ndarray, ray.data.Dataset] | None = None
 
-    def __enter__(self) -> RayEngine:
+    def __enter__(self) -> RayBackend:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False)
             self._started = True
