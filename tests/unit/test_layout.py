@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +35,16 @@ def test_no_private_name_is_imported_from_another_module() -> None:
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
                     crossings.append(f"{module}: from {node.module} import {alias.name}")
     assert not crossings, crossings
+
+
+def test_architecture_md_names_every_module_and_only_files_that_exist() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([\w/.-]+\.(?:py|proto))`", text))
+    named |= {f"benchmarks/{m}" for m in re.findall(r"`(\w+\.py)`", text)}  # listed by name
+    missing = sorted(
+        str(p.relative_to(ROOT)) for p in _modules().values() if p.name != "__init__.py"
+    )
+    missing = [m for m in missing if m not in named]
+    assert not missing, f"not in ARCHITECTURE.md: {missing}"
+    for path in re.findall(r"`([\w-]+/[\w/.-]+)`", text):
+        assert (ROOT / path).exists(), f"ARCHITECTURE.md names {path}, which does not exist"

@@ -1,6 +1,6 @@
 """Batch inference throughput: `irec score` local backend vs Ray with 1 and 2 workers.
 
-`python -m benchmarks.batch_inference --bundle DIR --users 100000` writes seeded synthetic
+`python -m benchmarks.batch_throughput --bundle DIR --users 100000` writes seeded synthetic
 users (histories drawn from the bundle's items) to a temporary Parquet file, scores it
 with each backend into a fresh output folder and prints a markdown table of users/s.
 Each time is the whole run as a user sees it (bundle load, actor start-up, read, score,
