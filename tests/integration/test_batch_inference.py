@@ -109,7 +109,7 @@ def _parts(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_local_engine_answers_like_the_server(users_dir, local_scores, live_server):
+def test_local_backend_answers_like_the_server(users_dir, local_scores, live_server):
     _, summary, scores = local_scores
     inputs = [
         row
@@ -249,7 +249,7 @@ def ray_session():
     ray.shutdown()
 
 
-def test_ray_engine_equals_local_and_resumes(ray_session, local_scores, tmp_path):
+def test_ray_backend_equals_local_and_resumes(ray_session, local_scores, tmp_path):
     options, _, local = local_scores
     ray_options = replace(options, backend="ray", workers=2, output=tmp_path / "ray")
     summary = score(ray_options)
