@@ -192,8 +192,8 @@ def tiny_bundle(work: Path) -> Path:
         return bundle
     from export.bundle_writer import export_run
     from training.demo_data import generate_demo
-    from training.finetune import FinetuneConfig
-    from training.run import TrainConfig, train
+    from training.run import EncoderConfig, TrainConfig, train
+    from training.sequence_head import HeadConfig
     from training.text import render_items
     from training.tiny_model import build_tiny_bert
 
@@ -204,10 +204,9 @@ def tiny_bundle(work: Path) -> Path:
             out=work / "tiny-run",
             model=str(model),
             clusters=12,
-            eval_users=200,
-            finetune=FinetuneConfig(
-                epochs=1, batch_size=64, learning_rate=1e-3, samples_per_user=1, max_steps=10
-            ),
+            validation_users=200,
+            encoder=EncoderConfig(treatment="frozen"),
+            head=HeadConfig(dim=32, max_length=50, epochs=2),
             progress=False,
         )
     )

@@ -35,6 +35,92 @@ def _clusters(value: str) -> int | None:
     return k
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("comma-separated integers, e.g. 0,1,2") from exc
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be > 0")
+    return number
+
+
+def _model_options(a: EnvArgs) -> None:
+    """Options of the model that `irec train` and `irec eval` share (one TrainConfig)."""
+    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
+    a.add(
+        "--encoder",
+        choices=["frozen", "finetune", "contrastive"],
+        default="finetune",
+        help="frozen: item texts encoded once; finetune: the encoder's top layers trained with "
+        "the sequence head on the next-item objective (kept only if better on validation); "
+        "contrastive: a history→next-item contrastive stage before the head",
+    )
+    a.add("--encoder-layers", type=int, default=2, help="top encoder layers fine-tuned")
+    a.add("--encoder-lr", type=float, default=5e-5, help="AdamW learning rate of the encoder")
+    a.add("--refresh-every", type=int, default=16, help="head steps per encoder update")
+    a.add("--minutes", type=_positive, default=30.0, help="time budget of head (+ encoder)")
+    a.add("--epochs", type=int, default=200, help="most epochs of the sequence head")
+    a.add("--clusters", type=_clusters, default=None, help="K, or 'auto' (silhouette, 4..16)")
+    a.add("--users", type=int, help="use a seeded sample of this many users")
+    a.add("--quick", action="store_true", help="a tiny BERT built on the fly, small head")
+    a.add("--seed", type=int, default=0, help="random seed")
+    a.add("--quiet", action="store_true", help="no progress bars")
+    # The contrastive stage (--encoder contrastive).
+    a.add("--max-steps", type=int, help="contrastive: stop after this many steps")
+    a.add("--batch-size", type=int, default=32, help="contrastive: histories per step")
+    a.add("--lr", type=float, default=5e-5, help="contrastive: AdamW learning rate")
+    a.add("--temperature", type=float, default=0.05, help="contrastive: softmax temperature")
+    a.add("--samples-per-user", type=int, default=1, help="contrastive: pairs per user per pass")
+    a.add("--passes", type=float, default=1.0, help="contrastive: passes over the users")
+
+
+def train_config(args: argparse.Namespace, out: Path) -> Any:
+    """The TrainConfig of parsed `train` / `eval` options."""
+    from training.finetune import FinetuneConfig
+    from training.run import EncoderConfig, TrainConfig
+    from training.sequence_head import HeadConfig
+
+    return TrainConfig(
+        data=args.data,
+        out=out,
+        model=args.model,
+        encoder=EncoderConfig(
+            treatment=args.encoder,
+            trainable_layers=args.encoder_layers,
+            learning_rate=args.encoder_lr,
+            refresh_every=args.refresh_every,
+            contrastive=FinetuneConfig(
+                epochs=args.passes,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                temperature=args.temperature,
+                samples_per_user=args.samples_per_user,
+                max_steps=args.max_steps,
+                seed=args.seed,
+            ),
+        ),
+        head=HeadConfig(epochs=args.epochs),
+        minutes=args.minutes,
+        clusters=args.clusters,
+        seed=args.seed,
+        validation_users=getattr(args, "validation_users", 1000),
+        users=args.users,
+        quick=args.quick,
+        progress=not args.quiet,
+        backend=getattr(args, "backend", "local"),
+        ray_address=getattr(args, "address", None),
+        ray_workers=getattr(args, "ray_workers", 2),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `irec` argument parser: one subcommand per command, each option with its env twin."""
     parser = argparse.ArgumentParser(
@@ -43,56 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="fine-tune the encoder, embed and cluster users → run folder")
+    p = sub.add_parser(
+        "train",
+        help="train the model (encoder + sequence head + clusters) → run folder",
+        description="The one training pipeline: item texts through the encoder (frozen, or "
+        "fine-tuned with the sequence head on the next-item objective), the sequence head, "
+        "user clusters. The last item of --validation-users users is held out; the trained "
+        "model is shipped only if it beats popularity and the pretrained encoder on it, and "
+        "the fine-tuned encoder only if it beats the pretrained one (run.json says which and "
+        "why). Curves go to TensorBoard event files in RUN/tensorboard.",
+    )
     a = EnvArgs(p, "TRAIN")
     a.add(
         "--data",
         required=True,
-        help="demo[:USERS] | movielens-1m:DIR | movielens-latest:DIR | "
-        "csv:INTERACTIONS,ITEMS (CSV or Parquet)",
+        help="demo[:USERS] | movielens-1m:DIR | movielens-1m-sasrec:DIR | movielens-latest:DIR "
+        "| csv:INTERACTIONS,ITEMS (CSV or Parquet)",
     )
     a.add("--out", required=True, type=Path, help="run folder to write, e.g. runs/NAME")
-    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
-    a.add(
-        "--clusters",
-        type=_clusters,
-        default=None,
-        help="number of clusters K, or 'auto' (silhouette over 4..16)",
-    )
-    a.add("--epochs", type=float, default=1.0, help="passes over the users")
-    a.add("--max-steps", type=int, help="stop fine-tuning after this many steps")
-    a.add("--batch-size", type=int, default=32, help="histories per step (in-batch negatives)")
-    a.add("--lr", type=float, default=5e-5, help="AdamW learning rate")
-    a.add(
-        "--temperature",
-        type=float,
-        default=0.05,
-        help="softmax temperature of the contrastive loss",
-    )
-    a.add(
-        "--samples-per-user",
-        type=int,
-        default=1,
-        help="(history, next item) pairs per user per epoch",
-    )
-    a.add(
-        "--max-history-items", type=int, default=20, help="most recent items rendered per history"
-    )
-    a.add("--history-max-length", type=int, default=128, help="token budget of a rendered history")
-    a.add("--eval-users", type=int, default=1000, help="users sampled for the leave-one-out check")
-    a.add("--seed", type=int, default=0, help="random seed")
-    a.add("--quiet", action="store_true", help="no progress bars")
+    _model_options(a)
+    a.add("--validation-users", type=int, default=1000, help="users whose last item validates")
     a.add(
         "--backend",
         choices=["local", "ray"],
         default="local",
-        help="local: one process; ray: Ray Train fine-tuning, Ray Data embedding, "
+        help="local: one process; ray: Ray Data embedding, Ray Train for --encoder contrastive, "
         "mini-batch K-Means (needs the `ray` extra)",
     )
     a.add("--address", help="Ray cluster address for --backend ray (default: a local Ray)")
     a.add("--ray-workers", type=int, default=2, help="Ray Train workers and embedding actors")
 
-    p = sub.add_parser("eval", help="the leave-one-out quality protocol with baselines → report")
+    p = sub.add_parser(
+        "eval",
+        help="the leave-one-out protocol around the same training → report",
+        description="Leave-one-out (last item = test, second to last = validation), all items "
+        "ranked, history excluded. Tracks: warm (--seeds), cold items (held out of training, "
+        "known by text only), text histories (titles sent as history_texts to a live server).",
+    )
     a = EnvArgs(p, "EVAL")
     a.add(
         "--data",
@@ -100,15 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="data SPEC (see train); movielens-1m-sasrec:DIR[,MOVIES] is the papers' file",
     )
     a.add("--out", type=Path, default=Path("reports/latest"), help="report folder")
-    a.add("--model", help="Hugging Face encoder folder for item texts (default: MiniLM)")
-    a.add("--quick", action="store_true", help="tiny model, 300 users, short training (minutes)")
-    a.add("--users", type=int, help="evaluate a seeded sample of this many users")
-    a.add("--clusters", type=_clusters, default=None, help="K, or 'auto'")
-    a.add("--head-minutes", type=float, default=45.0, help="time budget of the sequence head")
-    a.add("--head-epochs", type=int, default=200, help="most epochs of the sequence head")
-    a.add("--cold-minutes", type=float, default=12.0, help="time budget of the cold-start head")
-    a.add("--seed", type=int, default=0, help="random seed")
-    a.add("--quiet", action="store_true", help="no progress bars")
+    _model_options(a)
+    a.add("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the warm track")
+    a.add("--cold-minutes", type=float, default=12.0, help="training budget of the cold track")
+    a.add("--cold-fraction", type=float, default=0.15, help="share of items held out as cold")
+    a.add(
+        "--text-history-users",
+        type=int,
+        default=0,
+        help="users of the text-history track (0 = all)",
+    )
 
     p = sub.add_parser(
         "export", help="run folder → verified bundle (ONNX int8/fp16, HNSW, manifest)"
@@ -236,61 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     a = EnvArgs(p, "DEMO")
     a.add("--workdir", type=Path, default=Path("demo-output"), help="where the run and bundle go")
     a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
-    a.add("--max-steps", type=int, default=60, help="fine-tuning steps (brief on purpose)")
+    a.add("--epochs", type=int, default=6, help="sequence-head epochs (brief on purpose)")
+    a.add("--minutes", type=_positive, default=3.0, help="time budget of training")
     a.add("--users", type=int, default=5, help="demo users to show")
     a.add("--seed", type=int, default=0, help="random seed")
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.finetune import FinetuneConfig
-    from training.run import TrainConfig, train
+    from training.run import train
 
-    train(
-        TrainConfig(
-            data=args.data,
-            out=args.out,
-            model=args.model,
-            clusters=args.clusters,
-            seed=args.seed,
-            eval_users=args.eval_users,
-            finetune=FinetuneConfig(
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                learning_rate=args.lr,
-                temperature=args.temperature,
-                history_max_length=args.history_max_length,
-                max_history_items=args.max_history_items,
-                samples_per_user=args.samples_per_user,
-                max_steps=args.max_steps,
-                seed=args.seed,
-            ),
-            progress=not args.quiet,
-            backend=args.backend,
-            ray_address=args.address,
-            ray_workers=args.ray_workers,
-        )
-    )
+    train(train_config(args, args.out))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from irec.quality import EvalConfig, run_eval
-    from training.sequence_head import HeadConfig
 
     run_eval(
         EvalConfig(
-            data=args.data,
+            train=train_config(args, args.out / "run"),
             out=args.out,
-            model=args.model,
-            quick=args.quick,
-            seed=args.seed,
-            head_minutes=args.head_minutes,
+            seeds=args.seeds,
             cold_minutes=args.cold_minutes,
-            clusters=args.clusters,
-            users=args.users,
-            head=HeadConfig(epochs=args.head_epochs),
-            progress=not args.quiet,
+            cold_fraction=args.cold_fraction,
+            text_history_users=args.text_history_users or None,
         )
     )
     return 0
@@ -438,7 +482,8 @@ def _demo(args: argparse.Namespace) -> int:
         DemoConfig(
             workdir=args.workdir,
             model=args.model,
-            max_steps=args.max_steps,
+            epochs=args.epochs,
+            minutes=args.minutes,
             users=args.users,
             seed=args.seed,
         )
@@ -477,9 +522,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         from export.bundle_writer import ExportError
         from export.parity import ParityError
         from training.data import DataError
+        from training.run import TrainConfigError
         from training.torch_encoder import ModelError
 
-        errors += [DataError, ModelError, ExportError, ParityError]
+        errors += [DataError, ModelError, TrainConfigError, ExportError, ParityError]
     return tuple(errors)
 
 

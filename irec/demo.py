@@ -18,8 +18,8 @@ from export.bundle_writer import export_run
 from irec.server_process import ServerStartError, spawn_server
 from server.client import RecommenderClient, format_response, make_request
 from training.demo_data import generate_demo
-from training.finetune import FinetuneConfig
-from training.run import TrainConfig, train
+from training.run import EncoderConfig, TrainConfig, train
+from training.sequence_head import HeadConfig
 
 SERVER_START_TIMEOUT_S = 120.0
 
@@ -30,7 +30,8 @@ class DemoConfig:
 
     workdir: Path = Path("demo-output")
     model: str | None = None
-    max_steps: int = 60
+    epochs: int = 6  # sequence-head epochs (the encoder's top layers train with it)
+    minutes: float = 3.0  # time budget of that training
     users: int = 5
     seed: int = 0
 
@@ -75,16 +76,18 @@ def run_demo(config: DemoConfig) -> int:
     workdir = config.workdir
     workdir.mkdir(parents=True, exist_ok=True)
 
-    _banner("1/4 train: demo data → fine-tuned encoder → clusters")
+    _banner("1/4 train: demo data → encoder fine-tuned with the sequence head → clusters")
     run = train(
         TrainConfig(
             data="demo",
             out=workdir / "runs" / "demo",
             model=config.model,
+            encoder=EncoderConfig(treatment="finetune", refresh_every=8),
+            head=HeadConfig(epochs=config.epochs, eval_every=1, patience=2),
+            minutes=config.minutes,
             clusters=None,
             seed=config.seed,
-            eval_users=500,
-            finetune=FinetuneConfig(epochs=1.0, max_steps=config.max_steps, seed=config.seed),
+            validation_users=500,
         )
     )
 

@@ -18,6 +18,14 @@ import pytest
 TEST_USERS = 600
 
 
+def _test_head():  # type: ignore[no-untyped-def]
+    from training.sequence_head import HeadConfig
+
+    return HeadConfig(
+        dim=32, max_length=50, batch_size=32, dropout=0.1, epochs=12, eval_every=2, patience=3
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.demo_data import generate_demo
@@ -30,19 +38,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.finetune import FinetuneConfig
-    from training.run import TrainConfig, train
-
+    from training.run import EncoderConfig, TrainConfig, train
     return train(
         TrainConfig(
             data=f"demo:{TEST_USERS}",
             out=tmp_path_factory.mktemp("runs") / "tiny",
             model=str(tiny_model_dir),
+            encoder=EncoderConfig(treatment="finetune", refresh_every=4, learning_rate=1e-3),
+            head=_test_head(),
+            minutes=2.0,
             clusters=12,
-            eval_users=200,
-            finetune=FinetuneConfig(
-                epochs=4, batch_size=64, learning_rate=1e-3, samples_per_user=2, max_steps=80
-            ),
+            validation_users=200,
             progress=False,
         )
     )

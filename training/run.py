@@ -1,30 +1,42 @@
-"""`irec train`: data → text → fine-tune → embed → cluster → evaluate, written as a run folder.
+"""`irec train`: the one training pipeline; `irec eval` runs the protocol around the same code.
 
-The run folder (the input of export) is written by training.run_folder.write_run.
+data → item texts → encoder (frozen, fine-tuned with the head on the next-item objective,
+or a contrastive stage first) → sequence head → kept only if it beats what it started
+from on validation → user clusters → run folder (training.run_folder.write_run).
+
+:func:`fit` is the model: it takes training sequences and a validation slice (each
+validation user's next item) and returns a :class:`TrainedModel`. :func:`train` is
+`irec train`: it holds out each sampled user's last item for validation, fits, clusters
+and writes the run folder. `irec eval` (irec.quality) calls :func:`fit` with the
+papers' split and the same :class:`TrainConfig`.
 """
 
 from __future__ import annotations
 
-import logging
+import copy
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from server.manifest import render_history
+from training import baselines
 from training.cluster import Clustering, cluster_users, item_terms
-from training.data import load_spec
-from training.dataset import Dataset
-from training.evaluate import popularity_scores, rank_metrics
+from training.data import DataError, load_spec
+from training.evaluate import target_ranks
 from training.finetune import FinetuneConfig, finetune
-from training.run_folder import write_run
-from training.text import render_items
+from training.item_tower import EncoderTuning, ItemTextTower
+from training.run_folder import TENSORBOARD_DIR, write_run
+from training.sequence_head import HeadConfig, SequenceHead, score_users, train_head
+from training.text import render_items, render_titles
 from training.torch_encoder import (
     DEFAULT_MODEL_NAME,
     MeanPoolEncoder,
@@ -34,45 +46,115 @@ from training.torch_encoder import (
     resolve_model_dir,
 )
 
-log = logging.getLogger(__name__)
+ENCODER_TREATMENTS = ("frozen", "finetune", "contrastive")
+QUICK_USERS = 300
+
+
+class TrainConfigError(ValueError):
+    """An option value that cannot work; the message names the option."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How the language model is treated.
+
+    frozen: item texts are encoded once by the pretrained encoder.
+    finetune: the encoder's top `trainable_layers` are trained with the head on the
+        next-item objective (training.item_tower), after `warmup_epochs` head epochs
+        on the pretrained table; the item table is refreshed every `refresh_every` steps.
+    contrastive: a stage before the head pulls a rendered history toward its next
+        item's text (training.finetune; runs on Ray Train with --backend ray); kept only
+        if the encoder's own recommendations improve on validation.
+    """
+
+    treatment: str = "finetune"
+    trainable_layers: int = 2
+    learning_rate: float = 5e-5
+    refresh_every: int = 16
+    warmup_epochs: int = 1
+    item_max_length: int = 48
+    contrastive: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `irec train` takes."""
+    """Everything `irec train` takes; `irec eval` adds only its protocol options."""
 
     data: str
     out: Path
     model: str | None = None
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    minutes: float = 30.0  # time budget of head (and encoder) training
     clusters: int | None = None
     seed: int = 0
-    eval_users: int = 1000
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    validation_users: int = 1000
+    users: int | None = None  # train on a seeded sample of this many users
+    quick: bool = False  # a tiny BERT built on the fly and a small head: minutes
     progress: bool = True
-    # "local": one process; "ray": Ray Train / Ray Data (training.ray_backend).
+    # "local": one process; "ray": Ray Data embedding, Ray Train contrastive stage,
+    # mini-batch K-Means (training.ray_backend).
     backend: str = "local"
     ray_address: str | None = None
     ray_workers: int = 2
+
+    def check(self) -> None:
+        """Raise ValueError naming the option when a value cannot work."""
+        if self.encoder.treatment not in ENCODER_TREATMENTS:
+            raise TrainConfigError(
+                f"--encoder {self.encoder.treatment!r}: choose {', '.join(ENCODER_TREATMENTS)}"
+            )
+        if self.minutes <= 0:
+            raise TrainConfigError(f"--minutes {self.minutes:g}: the training budget must be > 0")
+        if self.head.epochs < 1:
+            raise TrainConfigError(f"--epochs {self.head.epochs}: must be ≥ 1")
+        if self.encoder.refresh_every < 1:
+            raise TrainConfigError(f"--refresh-every {self.encoder.refresh_every}: must be ≥ 1")
+        if self.validation_users < 1:
+            raise TrainConfigError(f"--validation-users {self.validation_users}: must be ≥ 1")
+        if self.backend not in ("local", "ray"):
+            raise TrainConfigError(f"--backend {self.backend!r}: expected 'local' or 'ray'")
+        if self.backend == "ray" and self.encoder.treatment == "finetune":
+            raise TrainConfigError(
+                "--backend ray fine-tunes with the contrastive stage: give --encoder "
+                "contrastive or frozen (joint fine-tuning runs locally)"
+            )
+
+    def head_config(self) -> HeadConfig:
+        """The head's config for this run (smaller in quick mode, seeded)."""
+        if self.quick:
+            return replace(
+                self.head,
+                dim=32,
+                max_length=50,
+                batch_size=32,
+                dropout=0.1,
+                epochs=min(self.head.epochs, 30),
+                patience=4,
+                seed=self.seed,
+            )
+        return replace(self.head, seed=self.seed)
 
 
 class StageTimer:
     """Wall time per named stage, printed as it goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "train") -> None:
         self.seconds: dict[str, float] = {}
+        self.prefix = prefix
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time one stage."""
-        print(f"[train] {name} …", flush=True)
+        print(f"[{self.prefix}] {name} …", flush=True)
         started = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - started, 2)
-        print(f"[train] {name} done in {self.seconds[name]:.1f} s", flush=True)
+        print(f"[{self.prefix}] {name} done in {self.seconds[name]:.1f} s", flush=True)
 
 
 class TrainingBackend(Protocol):
-    """Where fine-tuning, embedding and clustering run: LocalBackend or ray_backend.RayBackend."""
+    """Where embedding, the contrastive stage and clustering run: local or Ray."""
 
     device: Any  # where the driver keeps the encoder (torch.device)
 
@@ -94,7 +176,7 @@ class TrainingBackend(Protocol):
         sequences: list[list[int]],
         config: FinetuneConfig,
     ) -> tuple[MeanPoolEncoder, list[float]]:
-        """The fine-tuned encoder and the loss per step."""
+        """The contrastively fine-tuned encoder and the loss per step."""
 
     def cluster(
         self,
@@ -109,7 +191,7 @@ class TrainingBackend(Protocol):
 
 
 class LocalBackend:
-    """Fine-tune, embed and cluster in this process (the default backend)."""
+    """Embed, fine-tune and cluster in this process (the default backend)."""
 
     def __init__(self, progress: bool) -> None:
         self.device = pick_device()
@@ -134,7 +216,7 @@ class LocalBackend:
         sequences: list[list[int]],
         config: FinetuneConfig,
     ) -> tuple[MeanPoolEncoder, list[float]]:
-        """Fine-tune in place; the same encoder and the loss per step."""
+        """Contrastive fine-tuning in place; the same encoder and the loss per step."""
         losses = finetune(
             encoder, tokenizer, texts, sequences, config, self.device, progress=self.progress
         )
@@ -143,12 +225,224 @@ class LocalBackend:
     cluster = staticmethod(cluster_users)
 
 
-def _histories(texts: list[str], sequences: list[list[int]], max_items: int) -> list[str]:
-    return [render_history([texts[r] for r in seq[-max_items:]]) for seq in sequences]
+@dataclass
+class TrainedModel:
+    """What fit() returns: the shipped model, and why it was chosen."""
+
+    encoder: MeanPoolEncoder
+    tokenizer: PreTrainedTokenizerBase
+    model_name: str
+    head: SequenceHead | None  # None: the pretrained encoder won on validation
+    text_embeddings: np.ndarray  # the shipped encoder's item texts [items, text_dim]
+    pretrained_text_embeddings: np.ndarray
+    validation: dict[str, float]  # validation NDCG@10 of each candidate
+    shipped: str
+    reason: str
+    encoder_finetuned: bool
+    training: dict[str, Any]
+
+    def item_vectors(self) -> np.ndarray:
+        """Item vectors in the space the user vectors score against."""
+        if self.head is None:
+            return self.text_embeddings
+        with torch.no_grad():
+            return self.head.all_item_vectors().numpy()
+
+    def user_vectors(self, histories: list[list[int]], texts: list[str]) -> np.ndarray:
+        """User vectors of histories (rows, oldest first)."""
+        if self.head is not None:
+            users, _ = score_users(self.head, histories)
+            return users
+        return embed_texts(
+            self.encoder,
+            self.tokenizer,
+            [render_history([texts[r] for r in h[-20:]]) for h in histories],
+            128,
+            desc="users",
+            progress=False,
+        )
+
+
+def _ndcg10(ranks: np.ndarray) -> float:
+    return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
+
+
+def load_model(config: TrainConfig, texts: list[str], out: Path) -> tuple[Any, Any, str]:
+    """The starting encoder: --model, the packaged MiniLM, or (quick) a tiny BERT."""
+    if config.quick and config.model is None:
+        from training.tiny_model import build_tiny_bert
+
+        model_dir = build_tiny_bert(texts, out / "tiny-model", seed=config.seed)
+        name = "tiny-bert (quick mode)"
+    else:
+        model_dir = resolve_model_dir(config.model)
+        name = DEFAULT_MODEL_NAME if config.model is None else model_dir.name
+    encoder, tokenizer = load_encoder(model_dir)
+    return encoder, tokenizer, name
+
+
+def fit(
+    config: TrainConfig,
+    items: pd.DataFrame,
+    train_sequences: list[list[int]],
+    val_histories: list[list[int]],
+    val_targets: list[int],
+    backend: TrainingBackend,
+    workdir: Path,
+    excluded_items: list[int] | None = None,
+    log_dir: Path | None = None,
+) -> TrainedModel:
+    """Train the model on `train_sequences` (item rows), choose on validation, return it.
+
+    `items` is the catalogue in row order. `excluded_items` (rows) are never targets (the
+    cold-start protocol holds them out). Loss and validation curves go to TensorBoard
+    event files in `log_dir`.
+    """
+    config.check()
+    texts, titles = render_items(items), render_titles(items)
+    if not any(t.strip() for t in texts):
+        raise DataError(f"{config.data}: the items have no text (title, categories, description)")
+    encoder, tokenizer, model_name = load_model(config, texts, workdir)
+    encoder.to(backend.device)
+    enc = config.encoder
+    pretrained = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
+    validation: dict[str, float] = {}
+    counts = np.bincount([r for s in train_sequences for r in s], minlength=len(items))
+    popularity = np.broadcast_to(counts.astype(float), (len(val_targets), len(items)))
+    validation["popularity"] = _ndcg10(target_ranks(popularity, val_histories, val_targets))
+    validation["pretrained encoder"] = _ndcg10(
+        target_ranks(
+            baselines.frozen_text_scores(pretrained, val_histories), val_histories, val_targets
+        )
+    )
+    training: dict[str, Any] = {"treatment": enc.treatment}
+    text_embeddings = pretrained
+    contrastive_kept = False
+    if enc.treatment == "contrastive":
+        start = copy.deepcopy(encoder.state_dict())
+        encoder, losses = backend.finetune(
+            encoder, tokenizer, texts, train_sequences, replace(enc.contrastive, seed=config.seed)
+        )
+        tuned = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
+        validation["contrastive encoder"] = _ndcg10(
+            target_ranks(
+                baselines.frozen_text_scores(tuned, val_histories), val_histories, val_targets
+            )
+        )
+        training["contrastive_loss"] = losses
+        contrastive_kept = validation["contrastive encoder"] > validation["pretrained encoder"]
+        if contrastive_kept:
+            text_embeddings = tuned
+        else:
+            print(
+                "[train] the contrastive stage did not beat the pretrained encoder on "
+                "validation: keeping the pretrained weights",
+                flush=True,
+            )
+            encoder.load_state_dict(start)
+    head = SequenceHead(torch.from_numpy(text_embeddings), config.head_config())
+    short_text = torch.from_numpy(
+        backend.embed(encoder, tokenizer, titles, enc.item_max_length, desc="item titles")
+    )
+    tuning = None
+    if enc.treatment == "finetune":
+        tower = ItemTextTower(
+            encoder.cpu(), tokenizer, texts + titles, enc.trainable_layers, enc.item_max_length
+        )
+        tuning = EncoderTuning(tower, enc.learning_rate, enc.refresh_every)
+
+    def validate(model: SequenceHead) -> float:
+        users, item_vectors = score_users(model, val_histories)
+        return _ndcg10(target_ranks(users @ item_vectors.T, val_histories, val_targets))
+
+    writer = _tensorboard(log_dir)
+
+    def log(name: str, value: float, step: int) -> None:
+        if writer is not None:
+            writer.add_scalar(name, value, step)
+
+    history = train_head(
+        head,
+        train_sequences,
+        validate=validate,
+        excluded_items=excluded_items or (),
+        progress=config.progress,
+        time_budget_s=config.minutes * 60,
+        encoder_tuning=tuning,
+        warmup_epochs=enc.warmup_epochs,
+        log=log,
+        short_text=short_text,
+    )
+    if writer is not None:
+        writer.close()
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    encoder.eval()
+    kept_updates = int(history.get("best_encoder_updates", [0.0])[0])
+    if tuning is not None:
+        training["encoder_updates_total"] = tuning.updates
+        training["encoder_updates_kept"] = kept_updates
+    finetuned = kept_updates > 0 or contrastive_kept
+    validation["sequence model"] = max(history["val_ndcg@10"], default=0.0)
+    training["head"] = history | {"config": asdict(head.config)}
+    best_baseline = max(("popularity", "pretrained encoder"), key=lambda k: validation[k])
+    if validation["sequence model"] > validation[best_baseline]:
+        reason = (
+            f"validation NDCG@10 {validation['sequence model']:.4f} > {best_baseline} "
+            f"{validation[best_baseline]:.4f}"
+        )
+        if enc.treatment == "finetune":
+            kept = f"fine-tuned ({kept_updates} updates)" if kept_updates else "pretrained"
+            reason += f"; the {kept} encoder was the better one on validation"
+        return TrainedModel(
+            encoder,
+            tokenizer,
+            model_name,
+            head,
+            head.item_text[1:].numpy().copy(),
+            pretrained,
+            validation,
+            "sequence model",
+            reason,
+            finetuned,
+            training,
+        )
+    reason = (
+        f"the sequence model (validation NDCG@10 {validation['sequence model']:.4f}) did not "
+        f"beat {best_baseline} ({validation[best_baseline]:.4f}): shipping the pretrained encoder"
+    )
+    print(f"[train] {reason}", flush=True)
+    fresh, tokenizer, model_name = load_model(config, texts, workdir)
+    return TrainedModel(
+        fresh,
+        tokenizer,
+        model_name,
+        None,
+        pretrained,
+        pretrained,
+        validation,
+        "pretrained encoder",
+        reason,
+        False,
+        training,
+    )
+
+
+def _tensorboard(log_dir: Path | None) -> Any:
+    """A SummaryWriter into log_dir, or None (no folder, or tensorboard not installed)."""
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("[train] tensorboard is not installed: curves go to run.json only", flush=True)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def train(config: TrainConfig) -> Path:
-    """Run the whole training pipeline and write the run folder; return its path."""
+    """`irec train`: the whole pipeline, written as a run folder; returns its path."""
+    config.check()
     if config.backend == "ray":
         from training.ray_backend import RayBackend
 
@@ -157,123 +451,139 @@ def train(config: TrainConfig) -> Path:
             config.ray_address, config.ray_workers, storage, config.progress
         ) as ray_backend:
             return _train(config, ray_backend)
-    if config.backend != "local":
-        raise ValueError(f"backend {config.backend!r}: expected 'local' or 'ray'")
     return _train(config, LocalBackend(config.progress))
 
 
 def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
     timer = StageTimer()
-    ft = config.finetune
     with timer.stage("load data"):
-        dataset: Dataset = load_spec(config.data)
+        dataset = load_spec(config.data)
         items = dataset.items.reset_index(drop=True)
         row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
         users, sequences = [], []
         for user, seq in dataset.sequences().items():
             users.append(user)
             sequences.append([row_of[i] for i in seq])
-        texts = render_items(items)
+        if config.users is not None and config.users < len(users):
+            keep = sorted(random.Random(config.seed).sample(range(len(users)), config.users))
+            users, sequences = [users[u] for u in keep], [sequences[u] for u in keep]
         print(
             f"[train] {dataset.name}: {len(users)} users, {len(items)} items, "
             f"{sum(map(len, sequences))} interactions",
             flush=True,
         )
-
-    # Leave-one-out: the last item of each user is held out of fine-tuning and
-    # used as the evaluation target.
+    # Validation: the last item of a seeded sample of users is held out of training.
     rng = random.Random(config.seed)
     evaluable = [u for u, s in enumerate(sequences) if len(s) >= 3]
-    eval_rows = sorted(rng.sample(evaluable, min(config.eval_users, len(evaluable))))
-    eval_histories = [sequences[u][:-1] for u in eval_rows]
-    eval_targets = [sequences[u][-1] for u in eval_rows]
-    train_sequences = [s[:-1] if len(s) >= 3 else s for s in sequences]
-
-    model_dir = resolve_model_dir(config.model)
-    encoder, tokenizer = load_encoder(model_dir)
-    encoder.to(backend.device)
-    metrics: dict[str, dict[str, float]] = {}
-
-    def evaluate(name: str, item_vectors: np.ndarray) -> None:
-        queries = backend.embed(
-            encoder,
-            tokenizer,
-            _histories(texts, eval_histories, ft.max_history_items),
-            ft.history_max_length,
-            desc=f"eval {name}",
+    if not evaluable:
+        raise DataError(f"{config.data}: no user has 3 or more interactions to validate on")
+    held_out = set(rng.sample(evaluable, min(config.validation_users, len(evaluable))))
+    train_sequences = [s[:-1] if u in held_out else s for u, s in enumerate(sequences)]
+    val_histories = [sequences[u][:-1] for u in sorted(held_out)]
+    val_targets = [sequences[u][-1] for u in sorted(held_out)]
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = config.out.with_name(config.out.name + ".work")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with timer.stage("encoder and sequence head"):
+        model = fit(
+            config,
+            items,
+            train_sequences,
+            val_histories,
+            val_targets,
+            backend,
+            workdir,
+            log_dir=workdir / TENSORBOARD_DIR,
         )
-        metrics[name] = rank_metrics(queries @ item_vectors.T, eval_histories, eval_targets)
-
-    with timer.stage("evaluate pretrained encoder"):
-        pretrained_items = backend.embed(
-            encoder, tokenizer, texts, ft.item_max_length, desc="items"
-        )
-        evaluate("pretrained encoder", pretrained_items)
-        metrics["popularity"] = rank_metrics(
-            popularity_scores(train_sequences, len(items), len(eval_rows)),
-            eval_histories,
-            eval_targets,
-        )
-
-    with timer.stage("fine-tune"):
-        encoder, losses = backend.finetune(encoder, tokenizer, texts, train_sequences, ft)
-
-    with timer.stage("embed items and users"):
-        item_embeddings = backend.embed(encoder, tokenizer, texts, ft.item_max_length, desc="items")
-        evaluate("fine-tuned encoder", item_embeddings)
-        user_embeddings = backend.embed(
-            encoder,
-            tokenizer,
-            _histories(texts, sequences, ft.max_history_items),
-            ft.history_max_length,
-            desc="users",
-        )
-
+    texts = render_items(items)
     with timer.stage("cluster users"):
+        user_vectors = model.user_vectors(sequences, texts)
+        item_vectors = model.item_vectors()
         terms = item_terms(list(items["categories"]), list(items["title"]))
         clustering = backend.cluster(
-            user_embeddings, item_embeddings, sequences, terms, config.clusters, config.seed
+            unit_rows(user_vectors),
+            unit_rows(item_vectors),
+            sequences,
+            terms,
+            config.clusters,
+            config.seed,
         )
         print(
             f"[train] {len(clustering.centroids)} clusters, silhouette {clustering.silhouette:.3f}",
             flush=True,
         )
-
     with timer.stage("write run"):
         out = write_run(
             config.out,
-            encoder,
-            tokenizer,
+            model.encoder,
+            model.tokenizer,
             items,
             texts,
             users,
-            item_embeddings,
-            user_embeddings,
+            item_vectors,
+            user_vectors,
             clustering,
-            {
-                "model_name": DEFAULT_MODEL_NAME if config.model is None else model_dir.name,
-                "base_model_dir": str(model_dir),
-                "data": config.data,
-                "seed": config.seed,
-                "clusters": config.clusters,
-                # The backend that trained (local | ray); run.json's key predates the name.
-                "engine": config.backend,
-                "finetune": asdict(config.finetune),
-                "metrics": metrics,
-                "loss": losses,
-                "timings_s": timer.seconds,
-                "dataset": dataset.name,
-                "num_users": len(users),
-                "num_items": len(items),
-            },
+            run_info(config, model, dataset.name, len(users), len(items), timer.seconds),
+            head=model.head,
+            tensorboard=workdir / TENSORBOARD_DIR,
         )
-    _print_metrics(metrics)
+    _print_validation(model)
     return out
 
 
-def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
-    print("\n| model (leave-one-out, sample) | HR@10 | NDCG@10 | MRR |")
-    print("|---|---|---|---|")
-    for name, m in metrics.items():
-        print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} |")
-    print(flush=True)
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def run_info(
+    config: TrainConfig,
+    model: TrainedModel,
+    dataset: str,
+    num_users: int,
+    num_items: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """run.json's content for a fitted model."""
+    return {
+        "model_name": model.model_name,
+        "data": config.data,
+        "seed": config.seed,
+        "clusters": config.clusters,
+        "engine": config.backend,
+        "encoder": {
+            "name": model.model_name,
+            "treatment": config.encoder.treatment,
+            "finetuned": model.encoder_finetuned,
+            **asdict(config.encoder),
+        },
+        "shipped": model.shipped,
+        "shipped_because": model.reason,
+        "validation_ndcg@10": model.validation,
+        "training": model.training,
+        "finetune": {"history_max_length": 128, "item_max_length": config.encoder.item_max_length},
+        "timings_s": timings,
+        "dataset": dataset,
+        "num_users": num_users,
+        "num_items": num_items,
+    }
+
+
+def _print_validation(model: TrainedModel) -> None:
+    print("\n| candidate (validation: held-out next items) | NDCG@10 |")
+    print("|---|---|")
+    for name, value in model.validation.items():
+        print(f"| {name} | {value:.4f} |")
+    print(f"\nshipped: {model.shipped} — {model.reason}\n", flush=True)
+
+
+__all__ = [
+    "EncoderConfig",
+    "LocalBackend",
+    "StageTimer",
+    "TrainConfig",
+    "TrainedModel",
+    "TrainingBackend",
+    "fit",
+    "train",
+]

@@ -12,6 +12,7 @@ A run folder::
     centroids.npy        float32 [K, dim], unit rows
     clusters.json        silhouette, K scores, and per cluster: id, description, size, item rows
     head.pt, head.json   optional sequence head: weights and HeadConfig
+    tensorboard/         optional: training curves as TensorBoard event files
 
 `irec train` and `irec eval` write it with :func:`write_run`; `irec export` and the
 benchmarks read it through :class:`RunFolder`. Nothing else spells these file names.
@@ -41,6 +42,7 @@ CENTROIDS_FILE = "centroids.npy"
 CLUSTERS_FILE = "clusters.json"
 HEAD_FILE = "head.pt"
 HEAD_CONFIG_FILE = "head.json"
+TENSORBOARD_DIR = "tensorboard"  # loss and validation curves (TensorBoard event files)
 # What export cannot do without (user embeddings only sharpen its HNSW recall check).
 REQUIRED = (MODEL_DIR, ITEMS_FILE, ITEM_EMBEDDINGS_FILE, CENTROIDS_FILE, CLUSTERS_FILE)
 
@@ -134,6 +136,7 @@ def write_run(
     clustering: Any,
     run_info: dict[str, Any],
     head: SequenceHead | None = None,
+    tensorboard: Path | None = None,
 ) -> Path:
     """Write a run folder (the input of export) into a temporary sibling, then swap it in."""
     tmp = out.with_name(out.name + ".partial")
@@ -182,6 +185,8 @@ def write_run(
     )
     if head is not None:
         save_head(head, tmp)
+    if tensorboard is not None and tensorboard.is_dir():
+        shutil.copytree(tensorboard, tmp / TENSORBOARD_DIR)
     run = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info}
     (tmp / RUN_INFO_FILE).write_text(json.dumps(run, indent=1, default=float))
     if out.exists():

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.item_tower import EncoderTuning
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -41,6 +43,16 @@ class HeadConfig:
     seed: int = 0
     use_ids: bool = True
     use_text: bool = True
+    # The ID part randomly removed in training, so the text path works on its own: new
+    # items are scored, and free-text histories read, by text alone (ID dropout, as in
+    # content-based cold-start models; Pembek et al., RecSys 2025).
+    id_dropout: float = 0.2  # P(a history position enters by its text alone)
+    text_only_histories: float = 0.2  # P(a whole training history has no IDs)
+    item_id_dropout: float = 0.5  # P(an item is scored by its text alone in a step)
+    text_loss_weight: float = 0.5  # weight of the CE over text-only item vectors
+    # A person who writes a history types titles, not the catalogue's rendered text: a
+    # position read by text alone reads the item's short text (title) this often.
+    short_text_rate: float = 0.5
 
 
 class SequenceHead(nn.Module):
@@ -74,14 +86,26 @@ class SequenceHead(nn.Module):
         causal = torch.triu(torch.full((config.max_length, config.max_length), float("-inf")), 1)
         self.register_buffer("causal_mask", causal, persistent=False)
 
-    def item_vectors_from(self, ids: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Item vectors from IDs (row + 1, 0 = none) and text embeddings, any leading shape."""
+    def item_vectors_from(
+        self, ids: torch.Tensor, text: torch.Tensor, id_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Item vectors from IDs (row + 1, 0 = none) and text embeddings, any leading shape.
+
+        `id_keep` (same shape as ids, 0 or 1) removes the ID part where it is 0.
+        """
         vectors = torch.zeros(*ids.shape, self.config.dim, device=ids.device)
         if self.config.use_text:
             vectors = vectors + self.text_projection(text)
         if self.config.use_ids:
-            vectors = vectors + self.id_residual(ids)
+            residual = self.id_residual(ids)
+            if id_keep is not None:
+                residual = residual * id_keep[..., None]
+            vectors = vectors + residual
         return vectors
+
+    def text_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Item vectors from text alone (what a new item gets)."""
+        return self.text_projection(text)
 
     def all_item_vectors(self) -> torch.Tensor:
         """Vectors of every catalogue item [num_items, dim] (row order)."""
@@ -136,6 +160,19 @@ def score_users(
     return np.concatenate(users), head.all_item_vectors().cpu().numpy()
 
 
+ScalarLog = Callable[[str, float, int], None]
+
+
+def _without_ids(ids: torch.Tensor, config: HeadConfig) -> torch.Tensor:
+    """IDs with some positions (and some whole histories) set to 0: those enter by text."""
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    if config.id_dropout > 0:
+        keep &= torch.rand(ids.shape, device=ids.device) >= config.id_dropout
+    if config.text_only_histories > 0:
+        keep &= torch.rand(ids.shape[0], 1, device=ids.device) >= config.text_only_histories
+    return ids * keep
+
+
 def train_head(
     head: SequenceHead,
     sequences: Sequence[Sequence[int]],
@@ -143,12 +180,24 @@ def train_head(
     excluded_items: Sequence[int] = (),
     progress: bool = True,
     time_budget_s: float | None = None,
+    encoder_tuning: EncoderTuning | None = None,
+    warmup_epochs: int = 1,
+    log: ScalarLog | None = None,
+    short_text: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
     """Train on every position of every sequence (next-item CE over the catalogue).
 
-    `validate` returns validation NDCG@10; the best epoch's weights are kept and training
-    stops after `patience` evaluations without improvement or when the time budget runs out.
-    `excluded_items` (rows) never appear in the softmax (cold-start items).
+    `validate` returns validation NDCG@10; the best evaluation's weights (the head's, and
+    the encoder's when `encoder_tuning` fine-tunes it) are kept, and training stops after
+    `patience` evaluations without improvement or when the time budget runs out.
+    `excluded_items` (rows) never appear in the softmax (cold-start items). With
+    `encoder_tuning`, after `warmup_epochs` epochs on the pretrained table, the item-text
+    table is a trainable input: its gradient trains the encoder's top layers and the
+    table is refreshed every few steps. An evaluation before any encoder update can win,
+    so the fine-tuned encoder is kept only if it beats the pretrained one on validation
+    (`best_encoder_updates` says which was kept). `short_text` [items, text_dim] holds
+    embeddings of the items' titles (rows after the full texts in the tuned table).
+    `log(name, value, step)` receives the loss per step and validation NDCG per evaluation.
     """
     config = head.config
     torch.manual_seed(config.seed)
@@ -158,11 +207,14 @@ def train_head(
     targets = right_aligned([s[1:] for s in usable], config.max_length)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate, betas=(0.9, 0.98))
     device = head.item_text.device
-    logit_mask = torch.zeros(head.item_text.shape[0] - 1, device=device)
+    num_items = head.item_text.shape[0] - 1
+    all_ids = torch.arange(1, num_items + 1, device=device)
+    logit_mask = torch.zeros(num_items, device=device)
     if len(excluded_items):
         logit_mask[list(excluded_items)] = float("-inf")
     history: dict[str, list[float]] = {"loss": [], "val_ndcg@10": [], "epoch": []}
     best, best_state, stale = -1.0, None, 0
+    best_encoder: dict[str, torch.Tensor] | None = None
     started = time.perf_counter()
     steps = math.ceil(len(usable) / config.batch_size)
     for epoch in range(1, config.epochs + 1):
@@ -173,26 +225,72 @@ def train_head(
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
             ids = torch.from_numpy(inputs[rows]).to(device)
             target = torch.from_numpy(targets[rows]).to(device)
-            hidden = head.encode_positions(ids, head.item_text[ids])
+            tuning = encoder_tuning if epoch > warmup_epochs else None
+            table = head.item_text[1:].detach().clone()
+            table.requires_grad_(tuning is not None)
+            padded = torch.cat([head.item_text[:1], table])
+            ids_in = _without_ids(ids, config)
+            text_in = padded[ids]
+            titles = None
+            if short_text is not None and config.short_text_rate > 0:
+                titles = short_text.detach().clone().requires_grad_(tuning is not None)
+                short = (ids_in == 0) & (ids > 0)
+                short &= torch.rand(ids.shape, device=device) < config.short_text_rate
+                text_in = torch.where(
+                    short[..., None], torch.cat([head.item_text[:1], titles])[ids], text_in
+                )
+            hidden = head.encode_positions(ids_in, text_in)
             keep = target > 0
-            logits = hidden[keep] @ head.all_item_vectors().T + logit_mask
-            loss = nn.functional.cross_entropy(logits, target[keep] - 1)
+            hidden, wanted = hidden[keep], target[keep] - 1
+            id_keep = None
+            if config.item_id_dropout > 0:
+                id_keep = (torch.rand(num_items, device=device) >= config.item_id_dropout).float()
+            logits = hidden @ head.item_vectors_from(all_ids, table, id_keep).T + logit_mask
+            loss = nn.functional.cross_entropy(logits, wanted)
+            if config.text_loss_weight > 0 and config.use_text:
+                text_logits = hidden @ head.text_item_vectors(table).T + logit_mask
+                loss = loss + config.text_loss_weight * nn.functional.cross_entropy(
+                    text_logits, wanted
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if tuning is not None and table.grad is not None:
+                grad = table.grad
+                if short_text is not None:
+                    title_grad = titles.grad if titles is not None else None
+                    grad = torch.cat(
+                        [grad, title_grad if title_grad is not None else torch.zeros_like(grad)]
+                    )
+                refreshed = tuning.accumulate(grad)
+                if refreshed is not None:
+                    with torch.no_grad():
+                        head.item_text[1:] = refreshed[:num_items].to(device)
+                        if short_text is not None:
+                            short_text = refreshed[num_items:].to(device)
             history["loss"].append(float(loss.item()))
+            if log is not None:
+                log("train/loss", history["loss"][-1], len(history["loss"]))
             bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3f}")
         out_of_time = time_budget_s is not None and time.perf_counter() - started > time_budget_s
         if validate is not None and (
-            epoch % config.eval_every == 0 or out_of_time or epoch == config.epochs
+            epoch % config.eval_every == 0
+            or out_of_time
+            or epoch == config.epochs
+            or (encoder_tuning is not None and epoch == warmup_epochs)
         ):
             score = validate(head)
             history["val_ndcg@10"].append(score)
             history["epoch"].append(epoch)
+            if log is not None:
+                log("validation/ndcg@10", score, epoch)
             print(f"[head] epoch {epoch}: val NDCG@10 {score:.4f}", flush=True)
             if score > best:
                 best, stale = score, 0
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                if encoder_tuning is not None:
+                    best_encoder = encoder_tuning.state()
+                    history["best_encoder_updates"] = [float(encoder_tuning.updates)]
                 history["best_epoch"] = [float(epoch)]
             else:
                 stale += 1
@@ -203,5 +301,7 @@ def train_head(
             break
     if best_state is not None:
         head.load_state_dict(best_state)
+    if best_encoder is not None and encoder_tuning is not None:
+        encoder_tuning.restore(best_encoder)
     head.eval()
     return history

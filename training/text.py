@@ -34,3 +34,8 @@ def render_items(items: pd.DataFrame) -> list[str]:
         render_item(r.title, r.year, r.categories, r.description)
         for r in items.itertuples(index=False)
     ]
+
+
+def render_titles(items: pd.DataFrame) -> list[str]:
+    """Short texts of every row, as a person would type them: 'Toy Story (1995)'."""
+    return [render_item(r.title, r.year) for r in items.itertuples(index=False)]

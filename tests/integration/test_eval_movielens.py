@@ -14,16 +14,20 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-1m-sasrec"
 @pytest.mark.skipif(not (DATA / "ml-1m.txt.gz").exists(), reason="shared MovieLens data not here")
 def test_eval_on_movielens_1m_sample(tmp_path):
     from irec.quality import EvalConfig, run_eval
+    from training.run import EncoderConfig, TrainConfig
+    from training.sequence_head import HeadConfig
 
+    train = TrainConfig(
+        data=f"movielens-1m-sasrec:{DATA}",
+        out=tmp_path / "report" / "run",
+        users=400,
+        encoder=EncoderConfig(treatment="frozen"),
+        head=HeadConfig(epochs=3, eval_every=1),
+        minutes=10,
+        progress=False,
+    )
     report = run_eval(
-        EvalConfig(
-            data=f"movielens-1m-sasrec:{DATA}",
-            out=tmp_path / "report",
-            users=400,
-            head_minutes=0.3,
-            cold_minutes=0.2,
-            progress=False,
-        )
+        EvalConfig(train=train, out=tmp_path / "report", cold_minutes=10, text_history_users=50)
     )
     assert report["data"] == {
         "spec": f"movielens-1m-sasrec:{DATA}",

@@ -12,8 +12,8 @@ def test_minilm_train_export_parity_and_serve(tmp_path):
     from export.bundle_writer import export_run
     from server.bundle import load_bundle
     from server.engine import RecommenderEngine, RecommendQuery
-    from training.finetune import FinetuneConfig
-    from training.run import TrainConfig, train
+    from training.run import EncoderConfig, TrainConfig, train
+    from training.sequence_head import HeadConfig
     from training.torch_encoder import default_model_dir
 
     assert (default_model_dir() / "model.safetensors").is_file()
@@ -22,8 +22,11 @@ def test_minilm_train_export_parity_and_serve(tmp_path):
             data="demo:200",
             out=tmp_path / "run",
             clusters=6,
-            eval_users=50,
-            finetune=FinetuneConfig(max_steps=3, batch_size=8),
+            validation_users=50,
+            # The real encoder's top layer trains with the head for a few updates.
+            encoder=EncoderConfig(treatment="finetune", trainable_layers=1, refresh_every=4),
+            head=HeadConfig(dim=32, max_length=50, batch_size=32, epochs=3, eval_every=1),
+            minutes=10,
             progress=False,
         )
     )
@@ -37,7 +40,9 @@ def test_minilm_train_export_parity_and_serve(tmp_path):
     bundle = load_bundle(tmp_path / "bundle", device="cpu")
     texts = [item.text for item in bundle.items[:32]]
     served = bundle.encoder.encode(texts)
-    cosines = (served * bundle.item_embeddings[:32]).sum(axis=1)
+    # The served int8 encoder reads item texts as the (possibly fine-tuned) torch one did.
+    reference = bundle.head.item_text[:32] if bundle.head is not None else bundle.item_embeddings[:32]
+    cosines = (served * reference).sum(axis=1)
     assert np.median(cosines) > 0.98
     result = RecommenderEngine(bundle).recommend(
         RecommendQuery(history_item_ids=[bundle.items[0].item_id], k=5)

@@ -12,16 +12,26 @@ from training.evaluate import summarise, target_ranks, top_k
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries, split_budget
 
 
+QUICK_EPOCHS = 16
+
+
 @pytest.fixture(scope="session")
 def quick_report(tmp_path_factory):
     from irec.quality import EvalConfig, run_eval
+    from training.run import TrainConfig
+    from training.sequence_head import HeadConfig
 
     out = tmp_path_factory.mktemp("eval") / "quick"
-    report = run_eval(
-        EvalConfig(
-            data="demo:300", out=out, quick=True, head_minutes=0.5, cold_minutes=0.2, progress=False
-        )
+    # Epochs, not minutes, bound training here, so a busy machine changes nothing.
+    train = TrainConfig(
+        data="demo:300",
+        out=out / "run",
+        quick=True,
+        head=HeadConfig(epochs=QUICK_EPOCHS),
+        minutes=30,
+        progress=False,
     )
+    report = run_eval(EvalConfig(train=train, out=out, cold_minutes=30, text_history_users=100))
     return out, report
 
 
@@ -52,10 +62,37 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     clusters = report["clusters"]
     assert sum(clusters["sizes"]) == 300 and -1 <= clusters["silhouette"] <= 1
     assert 0 <= clusters["nmi_vs_dominant_genre"] <= 1
-    assert report["cold_start"]["held_out_items"] == 54
-    assert set(report["timings_s"]) >= {"baselines", "sequence head", "cold start"}
+    assert report["tracks"]["cold"]["held_out_items"] == 54
+    assert set(report["timings_s"]) >= {
+        "baselines",
+        "warm track: training (per seed)",
+        "text-history track (live server)",
+        "cold track",
+    }
     markdown = (out / "report.md").read_text()
-    assert "Retrieval modes" in markdown and "Cold start" in markdown and "SASRec+" in markdown
+    assert "Retrieval modes" in markdown and "Cold items" in markdown and "SASRec+" in markdown
+    assert (out / "tensorboard" / "seed-0").is_dir() and (out / "tensorboard" / "cold").is_dir()
+
+
+def test_quick_eval_tracks_come_out_in_the_known_order(quick_report):
+    """Demo data: an item's category is in its text, so text alone finds cold items."""
+    _, report = quick_report
+    tracks = report["tracks"]
+    assert set(tracks) >= {"warm", "cold", "text_history", "encoder"}
+    assert tracks["warm"]["seeds"] == [0] and tracks["warm"]["ndcg10_sd"] == 0.0
+    cold = tracks["cold"]
+    # Cold items by text: far above a random ranking and above popularity (count 0).
+    assert cold["ndcg10"] > 3 * cold["random_ndcg10"]
+    assert cold["ndcg10"] > cold["rows"]["popularity"]["ndcg@10"]["mean"]
+    text = tracks["text_history"]
+    assert text["users"] == 100 and 0 <= text["ndcg10"] <= 1
+    encoder = report["encoder"]
+    assert encoder["name"] == "tiny-bert (quick mode)" and encoder["treatment"] == "finetune"
+    assert isinstance(encoder["finetuned"], bool)
+    # The shipped model is the validation winner, never chosen on test.
+    validation = report["validation"]["seed 0"]
+    winner = "sequence model" if encoder["shipped"] == "sequence model" else "pretrained encoder"
+    assert validation[winner] == max(validation[k] for k in ("sequence model", winner))
 
 
 def test_served_head_bundle_answers_history_and_free_text(quick_report):
