@@ -45,6 +45,10 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
+def _tracks(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _positive(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -177,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the warm track")
     a.add("--cold-minutes", type=float, default=12.0, help="training budget of the cold track")
     a.add("--cold-fraction", type=float, default=0.15, help="share of items held out as cold")
+    a.add(
+        "--tracks",
+        type=_tracks,
+        default=("warm", "text_history", "cold"),
+        help="comma-separated tracks to run: warm, text_history (needs warm), cold",
+    )
     a.add(
         "--text-history-users",
         type=int,
@@ -335,6 +345,7 @@ def _eval(args: argparse.Namespace) -> int:
             cold_minutes=args.cold_minutes,
             cold_fraction=args.cold_fraction,
             text_history_users=args.text_history_users or None,
+            tracks=args.tracks,
         )
     )
     return 0

@@ -35,6 +35,7 @@ from training.run import (
     LocalBackend,
     StageTimer,
     TrainConfig,
+    TrainConfigError,
     TrainedModel,
     fit,
     load_model,
@@ -49,6 +50,10 @@ QUICK_USERS = 300
 # The server takes at most 64 texts per request (server.engine.Limits.max_texts): a
 # written history is its most recent titles.
 TEXT_HISTORY_ITEMS = 50
+# Weights of the ID part a cold item borrows from its text neighbours (chosen on validation).
+IMPUTED_ID_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+MAX_WARM_LOSS = 0.01  # the cold-item weight may cost warm validation NDCG@10 at most 1%
+TRACKS = ("warm", "text_history", "cold")
 OURS = "irec: text + ID sequence head (torch, exact)"
 FALLBACK = "irec: pretrained encoder (the head lost on validation)"
 
@@ -63,6 +68,15 @@ class EvalConfig:
     cold_minutes: float = 12.0
     cold_fraction: float = 0.15
     text_history_users: int | None = None  # None: every test user
+    tracks: tuple[str, ...] = TRACKS  # text_history needs warm (its model and bundle)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tracks) - set(TRACKS)
+        if unknown or ("text_history" in self.tracks and "warm" not in self.tracks):
+            raise TrainConfigError(
+                f"--tracks {','.join(self.tracks)}: choose from {','.join(TRACKS)} "
+                "(text_history needs warm)"
+            )
 
     @property
     def seed(self) -> int:
@@ -111,6 +125,7 @@ class QualityRun:
             "config": json.loads(json.dumps(asdict(config), default=str)) | {"seed": config.seed},
             "models": {},
             "validation": {},
+            "tracks": {},
         }
         config.out.mkdir(parents=True, exist_ok=True)
 
@@ -146,17 +161,19 @@ class QualityRun:
             self._embed_items()
         with self.timer.stage("baselines"):
             self._baselines()
-        with self.timer.stage("warm track: training (per seed)"):
-            model = self._warm_track()
-        with self.timer.stage("clusters and retrieval modes"):
-            self._clusters_and_modes()
-        with self.timer.stage("export and served evaluation"):
-            bundle = self._served(model)
-        with self.timer.stage("text-history track (live server)"):
-            self._text_history(bundle)
-        with self.timer.stage("cold track"):
-            self._cold_start()
-        self.report["tracks"]["encoder"] = self.report["encoder"]
+        if "warm" in cfg.tracks:
+            with self.timer.stage("warm track: training (per seed)"):
+                model = self._warm_track()
+            with self.timer.stage("clusters and retrieval modes"):
+                self._clusters_and_modes()
+            with self.timer.stage("export and served evaluation"):
+                bundle = self._served(model)
+            if "text_history" in cfg.tracks:
+                with self.timer.stage("text-history track (live server)"):
+                    self._text_history(bundle)
+        if "cold" in cfg.tracks:
+            with self.timer.stage("cold track"):
+                self._cold_start()
         self.report["timings_s"] = self.timer.seconds
         from irec.report import write_report
 
@@ -225,6 +242,12 @@ class QualityRun:
             baselines.frozen_text_scores(self.text_embeddings, s.test_histories),
         )
 
+    def _validation_rows(self, seed: int) -> list[int]:
+        """The users of the validation slice (a seeded sample)."""
+        rng = np.random.default_rng(seed)
+        size = min(VALIDATION_USERS, len(self.split.train))
+        return [int(u) for u in rng.choice(len(self.split.train), size=size, replace=False)]
+
     def _validation(self, train: list[list[int]], targets: list[int], seed: int) -> Any:
         """(histories, targets) of a seeded sample of users: the validation slice."""
         rng = np.random.default_rng(seed)
@@ -275,7 +298,7 @@ class QualityRun:
                 self.head_ranks = ranks
         assert first is not None
         values = list(per_seed.values())
-        self.report["tracks"] = {
+        self.report["tracks"] |= {
             "warm": {
                 "ndcg10_mean": statistics.fmean(values),
                 "ndcg10_sd": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -284,7 +307,7 @@ class QualityRun:
             }
         }
         self.report["head_training"] = first.training["head"]
-        self.report["encoder"] = {
+        self.report["encoder"] = self.report["tracks"]["encoder"] = {
             "name": first.model_name,
             "treatment": cfg.train.encoder.treatment,
             "finetuned": first.encoder_finetuned,
@@ -551,21 +574,26 @@ class QualityRun:
     def _cold_start(self) -> None:
         """Items held out of training entirely, then ranked by their text alone.
 
-        ColdRec-style: a seeded share of items loses every training interaction; the
-        users whose test item is one of them are ranked over the whole catalogue (warm
-        items with their ID part, cold items by text). Rows: random (expected NDCG of a
-        uniform ranking), popularity, the frozen encoder (cosine to the last item; to
-        the mean of the last 5), and the model trained on the rest with the same
-        TrainConfig, scored with and without the warm items' ID part.
+        ColdRec-style: a seeded share of items loses every training interaction, split in
+        half: cold-validation items (users whose validation item is one of them choose how
+        much imputed ID part cold items get) and cold-test items (users whose test item is
+        one of them are reported). Ranked over the whole catalogue, warm items with their
+        ID part. Rows: random (expected NDCG of a uniform ranking), popularity, the frozen
+        encoder (cosine to the last item; to the mean of the last 5), and the model
+        trained on the rest with the same TrainConfig: every item by text alone; cold
+        items by text alone; cold items by text plus an ID part imputed from their text
+        neighbours (its weight chosen on cold validation).
         """
         cfg, s = self.config, self.split
         rng = np.random.default_rng(cfg.seed + 17)
-        cold = set(
-            rng.choice(
-                self.num_items, size=int(cfg.cold_fraction * self.num_items), replace=False
-            ).tolist()
+        cold_rows = rng.choice(
+            self.num_items, size=int(cfg.cold_fraction * self.num_items), replace=False
         )
-        users = [u for u, t in enumerate(s.test_targets) if t in cold]
+        cold = set(cold_rows.tolist())
+        cold_val = set(cold_rows[: len(cold_rows) // 2].tolist())
+        cold_test = cold - cold_val
+        users = [u for u, t in enumerate(s.test_targets) if t in cold_test]
+        val_users = [u for u, t in enumerate(s.val_targets) if t in cold_val]
         if not users:
             self.report["tracks"]["cold"] = {"users": 0}
             return
@@ -582,8 +610,10 @@ class QualityRun:
         histories = [s.test_histories[u] for u in users]
         targets = [s.test_targets[u] for u in users]
 
-        def row(scores: np.ndarray) -> dict[str, Any]:
-            return summarise(target_ranks(scores, histories, targets), seed=cfg.seed)
+        def row(
+            scores: np.ndarray, hs: list[list[int]] = histories, ts: list[int] = targets
+        ) -> dict[str, Any]:
+            return summarise(target_ranks(scores, hs, ts), seed=cfg.seed)
 
         users_v = model.user_vectors(histories, self.texts)
         rows: dict[str, dict[str, Any]] = {}
@@ -598,20 +628,79 @@ class QualityRun:
         rows["pretrained encoder, mean of the last 5 items"] = row(
             baselines.frozen_text_scores(text, histories)
         )
+        imputation: dict[str, Any] = {}
         if model.head is not None:
-            import torch
-
+            head = model.head
             with torch.no_grad():
-                text_only = model.head.text_item_vectors(model.head.item_text[1:]).numpy()
+                table = head.item_text[1:]
+                text_only = head.text_item_vectors(table).numpy()
+                cold_index = torch.tensor(sorted(cold))
+                known = torch.tensor([r for r in range(self.num_items) if r not in cold])
+                imputed = head.imputed_id_parts(table[cold_index], known).numpy()
             rows["ours, every item by text alone (no ID part)"] = row(users_v @ text_only.T)
-        rows["ours"] = row(users_v @ model.item_vectors().T)
+            vectors = model.item_vectors()
+            rows["ours, cold items by text alone"] = row(users_v @ vectors.T)
+            # The imputed ID part's weight is chosen on validation: the best for users whose
+            # validation item is cold, among weights that cost users whose validation item
+            # is warm at most 1% NDCG@10 (boosting every cold item must not buy cold hits
+            # with warm misses).
+            val_cold = [u for u in val_users if len(s.train[u]) >= 1]
+            val_warm = [
+                u
+                for u in self._validation_rows(cfg.seed)
+                if s.val_targets[u] not in cold and len(s.train[u]) >= 1
+            ]
+
+            def val_ndcg(rows_: list[int], vectors_: np.ndarray) -> float:
+                if not rows_:
+                    return 0.0
+                hs = [s.train[u] for u in rows_]
+                ts = [s.val_targets[u] for u in rows_]
+                uv = model.user_vectors(hs, self.texts)
+                ranks = target_ranks(uv @ vectors_.T, hs, ts)
+                return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
+
+            by_weight: dict[str, dict[str, float]] = {}
+            for weight in IMPUTED_ID_WEIGHTS:
+                candidate = vectors.copy()
+                candidate[sorted(cold)] += weight * imputed
+                by_weight[str(weight)] = {
+                    "cold": val_ndcg(val_cold, candidate),
+                    "warm": val_ndcg(val_warm, candidate),
+                }
+            warm_floor = by_weight["0.0"]["warm"] * (1 - MAX_WARM_LOSS)
+            allowed = [w for w in IMPUTED_ID_WEIGHTS if by_weight[str(w)]["warm"] >= warm_floor]
+            best = max(allowed, key=lambda w: by_weight[str(w)]["cold"])
+            chosen = vectors.copy()
+            chosen[sorted(cold)] += best * imputed
+            rows["ours"] = row(users_v @ chosen.T)
+            # The same model for users whose test item is warm: what the imputation costs.
+            warm_users = [u for u, t in enumerate(s.test_targets) if t not in cold][:2000]
+            wh = [s.test_histories[u] for u in warm_users]
+            wt = [s.test_targets[u] for u in warm_users]
+            wv = model.user_vectors(wh, self.texts)
+            warm_without = row(wv @ vectors.T, wh, wt)["ndcg@10"]["mean"]
+            warm_with = row(wv @ chosen.T, wh, wt)["ndcg@10"]["mean"]
+            imputation = {
+                "neighbours": 20,
+                "weight": best,
+                "validation_ndcg10_by_weight": by_weight,
+                "validation_users": {"cold": len(val_cold), "warm": len(val_warm)},
+                "warm_test_ndcg10_without": warm_without,
+                "warm_test_ndcg10_with": warm_with,
+                "warm_test_users": len(warm_users),
+            }
+        else:
+            rows["ours"] = row(users_v @ model.item_vectors().T)
         ours = rows["ours"]["ndcg@10"]["mean"]
         self.report["tracks"]["cold"] = {
             "ndcg10": ours,
             "random_ndcg10": rows["random"]["ndcg@10"]["mean"],
             "held_out_items": len(cold),
+            "test_items": len(cold_test),
             "users": len(users),
             "rows": rows,
+            "imputation": imputation,
             "shipped": model.shipped,
             "encoder_finetuned": model.encoder_finetuned,
             "epochs": model.training["head"]["epoch"][-1] if model.training.get("head") else 0,

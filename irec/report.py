@@ -55,7 +55,9 @@ def _tracks(report: dict[str, Any]) -> list[str]:
     if not tracks:
         return []
     encoder = report.get("encoder", {})
-    warm = tracks["warm"]
+    warm = tracks.get(
+        "warm", {"seeds": [], "ndcg10_mean": float("nan"), "ndcg10_sd": 0.0, "ndcg10_per_seed": {}}
+    )
     lines = [
         "",
         "## Tracks",
@@ -312,8 +314,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(markdown(report))
     plot_metrics(report, out / "metrics.png")
-    plot_clusters(report, out / "clusters.png")
-    plot_training(report, out / "training.png")
+    if "clusters" in report:
+        plot_clusters(report, out / "clusters.png")
+    if "head_training" in report:
+        plot_training(report, out / "training.png")
     print(f"[eval] report written to {out / 'report.md'}", flush=True)
 
 

@@ -142,3 +142,42 @@ def test_every_option_has_an_env_twin_in_help():
         options = [line for line in result.stdout.splitlines() if line.strip().startswith("--")]
         text = " ".join(result.stdout.split())
         assert text.count("[env: IREC_") >= len(options) - 1  # -h/--help has none
+
+
+def test_train_bad_options_name_the_option(tmp_path, tiny_model_dir):
+    zero = irec("train", "--data", "demo:50", "--out", str(tmp_path / "r"), "--minutes", "0")
+    assert zero.returncode == 2 and "--minutes" in zero.stderr and "must be > 0" in zero.stderr
+    too_deep = irec(
+        "train",
+        "--data",
+        "demo:50",
+        "--out",
+        str(tmp_path / "r"),
+        "--model",
+        str(tiny_model_dir),
+        "--encoder-layers",
+        "7",
+        "--quiet",
+    )
+    assert too_deep.returncode == 1 and "--encoder-layers 7" in too_deep.stderr
+    assert "Traceback" not in too_deep.stderr
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "config.json").write_text("{}")
+    no_tokenizer = irec(
+        "train",
+        "--data",
+        "demo:50",
+        "--out",
+        str(tmp_path / "r"),
+        "--model",
+        str(tmp_path / "slow"),
+    )
+    assert no_tokenizer.returncode == 1 and str(tmp_path / "slow") in no_tokenizer.stderr
+    assert "Traceback" not in no_tokenizer.stderr
+
+
+def test_train_help_explains_the_encoder_treatments():
+    result = irec("train", "--help")
+    assert result.returncode == 0
+    for words in ("--encoder {frozen,finetune,contrastive}", "next-item", "validation"):
+        assert words in " ".join(result.stdout.split()), words
