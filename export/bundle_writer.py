@@ -211,6 +211,10 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
             "data": info.get("data"),
             "seed": info.get("seed"),
             "metrics": info.get("metrics", {}),
+            # Which encoder and model shipped, and the validation that chose them.
+            "encoder": info.get("encoder", {}),
+            "shipped": info.get("shipped"),
+            "validation_ndcg@10": info.get("validation_ndcg@10", {}),
             "hnsw_recall_at_10": round(recall, 4),
             "run_created_at": info.get("created_at"),
         },
