@@ -31,7 +31,7 @@ from server.manifest import render_history
 from training import baselines
 from training.cluster import Clustering, cluster_users, item_terms
 from training.data import DataError, load_spec
-from training.evaluate import target_ranks
+from training.evaluate import popularity_scores, target_ranks
 from training.finetune import FinetuneConfig, finetune
 from training.item_tower import EncoderTuning, ItemTextTower
 from training.run_folder import TENSORBOARD_DIR, write_run
@@ -307,8 +307,7 @@ def fit(
     enc = config.encoder
     pretrained = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
     validation: dict[str, float] = {}
-    counts = np.bincount([r for s in train_sequences for r in s], minlength=len(items))
-    popularity = np.broadcast_to(counts.astype(float), (len(val_targets), len(items)))
+    popularity = popularity_scores(train_sequences, len(items), len(val_targets))
     validation["popularity"] = _ndcg10(target_ranks(popularity, val_histories, val_targets))
     validation["pretrained encoder"] = _ndcg10(
         target_ranks(
