@@ -39,6 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.run import EncoderConfig, TrainConfig, train
+
     return train(
         TrainConfig(
             data=f"demo:{TEST_USERS}",

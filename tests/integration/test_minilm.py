@@ -41,7 +41,9 @@ def test_minilm_train_export_parity_and_serve(tmp_path):
     texts = [item.text for item in bundle.items[:32]]
     served = bundle.encoder.encode(texts)
     # The served int8 encoder reads item texts as the (possibly fine-tuned) torch one did.
-    reference = bundle.head.item_text[:32] if bundle.head is not None else bundle.item_embeddings[:32]
+    reference = (
+        bundle.head.item_text[:32] if bundle.head is not None else bundle.item_embeddings[:32]
+    )
     cosines = (served * reference).sum(axis=1)
     assert np.median(cosines) > 0.98
     result = RecommenderEngine(bundle).recommend(

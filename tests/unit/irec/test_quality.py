@@ -11,7 +11,6 @@ from training.baselines import ease_scores, ease_weights, itemknn_scores
 from training.evaluate import summarise, target_ranks, top_k
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries, split_budget
 
-
 QUICK_EPOCHS = 16
 
 
@@ -81,9 +80,11 @@ def test_quick_eval_tracks_come_out_in_the_known_order(quick_report):
     assert set(tracks) >= {"warm", "cold", "text_history", "encoder"}
     assert tracks["warm"]["seeds"] == [0] and tracks["warm"]["ndcg10_sd"] == 0.0
     cold = tracks["cold"]
-    # Cold items by text: far above a random ranking and above popularity (count 0).
-    assert cold["ndcg10"] > 3 * cold["random_ndcg10"]
-    assert cold["ndcg10"] > cold["rows"]["popularity"]["ndcg@10"]["mean"]
+    # The text path on its own finds cold items: far above a random ranking and above
+    # popularity (their count is 0); mixed with warm items' ID parts, still above random.
+    assert cold["text_only_ndcg10"] > 3 * cold["random_ndcg10"]
+    assert cold["text_only_ndcg10"] > cold["rows"]["popularity"]["ndcg@10"]["mean"]
+    assert cold["ndcg10"] > cold["random_ndcg10"]
     text = tracks["text_history"]
     assert text["users"] == 100 and 0 <= text["ndcg10"] <= 1
     encoder = report["encoder"]
