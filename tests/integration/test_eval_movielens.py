@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-1m-sasrec"
 

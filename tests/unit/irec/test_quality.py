@@ -12,6 +12,9 @@ from training.evaluate import summarise, target_ranks, top_k
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries, split_budget
 
 QUICK_EPOCHS = 16
+# The session fixture trains the warm and cold models of the whole protocol (a few minutes
+# on 2 idle cores); the first test that asks for it pays for them.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="session")
