@@ -25,7 +25,9 @@ def test_concurrent_unary_calls_are_batched_and_answer_like_unbatched(live_serve
         with ThreadPoolExecutor(32) as pool:
             answers = list(
                 pool.map(
-                    lambda h: stub.Recommend(pb.RecommendRequest(history_item_ids=h, k=10)),
+                    lambda h: stub.Recommend(
+                        pb.RecommendRequest(history_item_ids=h, k=10), timeout=30
+                    ),
                     requests,
                 )
             )
@@ -51,7 +53,7 @@ def test_one_long_stream_is_batched(live_server):
     ]
     with grpc.insecure_channel(live_server.target) as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
-        responses = list(stub.RecommendStream(iter(requests)))
+        responses = list(stub.RecommendStream(iter(requests), timeout=30))
     assert sorted(r.request_id for r in responses) == sorted(r.request_id for r in requests)
     assert all(len(r.items) == 3 for r in responses)
     runs = batcher.stats.batches - before
@@ -76,7 +78,9 @@ def test_ordered_stream_keeps_request_order(live_server):
     ]
     with grpc.insecure_channel(live_server.target) as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
-        responses = list(stub.RecommendStream(iter(requests), metadata=[("irec-ordered", "true")]))
+        responses = list(
+            stub.RecommendStream(iter(requests), metadata=[("irec-ordered", "true")], timeout=30)
+        )
     assert [r.request_id for r in responses] == [r.request_id for r in requests]
 
 
@@ -94,18 +98,24 @@ def test_stream_limit_and_message_size_limit(bundle_dir):
                 yield pb.RecommendRequest(request_id="first", history_item_ids=["1"])
                 gate.wait(10)
 
-            first = stub.RecommendStream(slow_requests())
+            first = stub.RecommendStream(slow_requests(), timeout=30)
             assert next(first).request_id == "first"
             with pytest.raises(grpc.RpcError) as info:
-                list(stub.RecommendStream(iter([pb.RecommendRequest(history_item_ids=["1"])])))
+                list(
+                    stub.RecommendStream(
+                        iter([pb.RecommendRequest(history_item_ids=["1"])]), timeout=30
+                    )
+                )
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             gate.set()
             list(first)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Recommend(pb.RecommendRequest(history_texts=["x" * 2_000_000]))
+                stub.Recommend(pb.RecommendRequest(history_texts=["x" * 2_000_000]), timeout=30)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             # Still serving after both refusals.
-            assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
+            assert stub.Recommend(
+                pb.RecommendRequest(history_item_ids=["1"], k=2), timeout=30
+            ).items
 
 
 def test_concurrent_embed_calls_share_encoder_runs(live_server):
@@ -117,9 +127,13 @@ def test_concurrent_embed_calls_share_encoder_runs(live_server):
         stub = pb_grpc.RecommenderServiceStub(channel)
         with ThreadPoolExecutor(24) as pool:
             answers = list(
-                pool.map(lambda t: stub.Embed(pb.EmbedRequest(texts=[t, t.upper()])), texts)
+                pool.map(
+                    lambda t: stub.Embed(pb.EmbedRequest(texts=[t, t.upper()]), timeout=30), texts
+                )
             )
-        streamed = list(stub.EmbedStream(iter([pb.EmbedRequest(request_id="s", texts=texts[:3])])))
+        streamed = list(
+            stub.EmbedStream(iter([pb.EmbedRequest(request_id="s", texts=texts[:3])]), timeout=30)
+        )
     batches, items = batcher.stats.batches - before[0], batcher.stats.items - before[1]
     assert items == 2 * len(texts) + 3
     assert batches < 2 * len(texts), "no Embed text shared an encoder run"

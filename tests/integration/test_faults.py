@@ -158,15 +158,15 @@ def test_reload_refuses_a_corrupt_file_with_a_valid_checksum(
     reload_server, bundle_dir, tmp_path, name, how
 ):
     _, stub, admin = reload_server
-    served = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+    served = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
     bad = corrupt_with_valid_checksum(bundle_dir, tmp_path / "b", name, how)
     with pytest.raises(grpc.RpcError) as info:
         admin.ReloadBundle(pb.ReloadBundleRequest(path=str(bad)), timeout=60)
     # FAILED_PRECONDITION naming the file, never INTERNAL ("internal error; see the log").
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
     assert Path(name).name in info.value.details()
-    assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == served
-    assert len(stub.Recommend(make_request(["1", "2"], k=3)).items) == 3
+    assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == served
+    assert len(stub.Recommend(make_request(["1", "2"], k=3), timeout=30).items) == 3
 
 
 @pytest.mark.parametrize(
@@ -200,12 +200,12 @@ def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path)
     with background_server(bundle_dir, watch_dir=watched, watch_interval_s=0.2) as server:
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
-            served = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+            served = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
             corrupt_with_valid_checksum(
                 bundle_dir, watched / "bad", fmt.CENTROIDS_FILE, "garbage", version="bad"
             )
             time.sleep(1.5)  # several scans
-            assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == served
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == served
             assert server.running.watcher is not None and not server.running.watcher.done()
             # Repairing the bundle changes its manifest: the watcher tries it again.
             shutil.rmtree(watched / "bad")
@@ -217,6 +217,6 @@ def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path)
             version = served
             while version != "repaired" and time.monotonic() < deadline:
                 time.sleep(0.1)
-                version = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+                version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
             assert version == "repaired"
-            assert len(stub.Recommend(make_request(["1"], k=2)).items) == 2
+            assert len(stub.Recommend(make_request(["1"], k=2), timeout=30).items) == 2

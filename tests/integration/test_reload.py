@@ -33,7 +33,7 @@ def test_reload_under_load_drops_no_request_and_refuses_a_bad_bundle(
     with background_server(bundle_dir) as server, grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
         admin = pb_grpc.RecommenderAdminStub(channel)
-        first = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+        first = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
         versions, errors, stop = [], [], threading.Event()
 
         def load() -> None:
@@ -49,14 +49,14 @@ def test_reload_under_load_drops_no_request_and_refuses_a_bad_bundle(
         workers = [threading.Thread(target=load) for _ in range(4)]
         for w in workers:
             w.start()
-        answer = admin.ReloadBundle(pb.ReloadBundleRequest(path=str(second_bundle)))
+        answer = admin.ReloadBundle(pb.ReloadBundleRequest(path=str(second_bundle)), timeout=30)
         assert answer.bundle_version == "v2" and answer.previous_bundle_version == first
         with pytest.raises(grpc.RpcError) as info:
-            admin.ReloadBundle(pb.ReloadBundleRequest(path=str(broken)))
+            admin.ReloadBundle(pb.ReloadBundleRequest(path=str(broken)), timeout=30)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "items.jsonl" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
-            admin.ReloadBundle(pb.ReloadBundleRequest(path=""))
+            admin.ReloadBundle(pb.ReloadBundleRequest(path=""), timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         count = len(versions)
         deadline = time.monotonic() + 60
@@ -68,14 +68,14 @@ def test_reload_under_load_drops_no_request_and_refuses_a_bad_bundle(
         assert errors == []
         assert first in versions and "v2" in versions
         # The bad bundle did not replace the good one.
-        assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == "v2"
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == "v2"
 
 
 def test_readiness_is_separate_from_liveness(bundle_dir):
     with background_server(bundle_dir) as server, grpc.insecure_channel(server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "recsys.v1.RecommenderService"):
-            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         assert server.running.state.ready
 
@@ -93,7 +93,7 @@ def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle,
             def version_soon(expected: str) -> str:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
-                    version = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+                    version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
                     if version == expected:
                         return version
                     time.sleep(0.1)
@@ -108,5 +108,7 @@ def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle,
             (watched / "v3" / "manifest.json").write_text(json.dumps(manifest))
             (watched / "v3" / "centroids.npy").write_bytes(b"corrupt")
             time.sleep(1.5)
-            assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == "v2"
-            assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == "v2"
+            assert stub.Recommend(
+                pb.RecommendRequest(history_item_ids=["1"], k=2), timeout=30
+            ).items

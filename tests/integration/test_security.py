@@ -141,13 +141,15 @@ def test_bearer_token(bundle_dir):
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with grpc.insecure_channel(server.target) as channel:
             stream = pb_grpc.RecommenderServiceStub(channel).RecommendStream(
-                iter([pb.RecommendRequest(history_item_ids=["1"])])
+                iter([pb.RecommendRequest(history_item_ids=["1"])]), timeout=30
             )
             with pytest.raises(grpc.RpcError) as info:
                 list(stream)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # Probes carry no credentials: health stays open.
             status = (
-                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=30)
+                .status
             )
             assert status == health_pb2.HealthCheckResponse.SERVING
