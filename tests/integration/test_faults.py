@@ -38,7 +38,12 @@ from tests.conftest import background_server
 from tests.integration.conftest import ROOT, served_process
 
 START_TIMEOUT_S = 120.0
-RECOVERY_S = 15.0
+RECOVERY_S = 15.0  # how long the loop below keeps trying: a bound on the test, not the claim
+# The claim (README): the same client reconnects within ~1 s of the server listening again:
+# max_reconnect_backoff is 1 s (±20% jitter), and a call's retries span 1.5 s. Measured
+# from the restarted server's port file to the first answer; the margin over 1.2 s is for
+# a busy 2-core machine (client, server and a training job on the same cores).
+RECONNECT_S = 2.5
 
 
 def _serve_on(bundle: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -99,13 +104,17 @@ def test_kill_9_mid_stream_is_unavailable_and_the_client_recovers_after_a_restar
             restarted = _serve_on(bundle_dir, port, tmp_path)
             try:
                 codes, answer = [], None
-                deadline = time.monotonic() + RECOVERY_S
+                listening = time.monotonic()
+                deadline = listening + RECOVERY_S
                 while answer is None and time.monotonic() < deadline:
                     try:
                         answer = client.recommend(make_request(["1"], k=2))
                     except grpc.RpcError as exc:
                         codes.append(exc.code())
+                reconnect_s = time.monotonic() - listening
+                print(f"\nreconnected {reconnect_s:.2f} s after the restart listened; {codes}")
                 assert answer is not None and len(answer.items) == 2, codes
+                assert reconnect_s < RECONNECT_S, (reconnect_s, codes)
                 assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
                 responses = list(client.recommend_stream([make_request(["4"], request_id="s")]))
                 assert [r.request_id for r in responses] == ["s"]
@@ -194,7 +203,7 @@ def test_serve_refuses_a_corrupt_file_with_a_valid_checksum_in_one_line(
     assert last.startswith("irec serve: error:") and name in last, last
 
 
-def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path):
+def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path, caplog):
     watched = tmp_path / "bundles"
     watched.mkdir()
     with background_server(bundle_dir, watch_dir=watched, watch_interval_s=0.2) as server:
@@ -204,7 +213,14 @@ def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path)
             corrupt_with_valid_checksum(
                 bundle_dir, watched / "bad", fmt.CENTROIDS_FILE, "garbage", version="bad"
             )
-            time.sleep(1.5)  # several scans
+            # Not a fixed sleep: wait until the watcher has tried the bad bundle and refused it.
+            deadline = time.monotonic() + 30
+            while not any(
+                r.getMessage().startswith(f"refused bundle {watched / 'bad'}")
+                for r in list(caplog.records)
+            ):
+                assert time.monotonic() < deadline, "the watcher never looked at the bad bundle"
+                time.sleep(0.05)
             assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == served
             assert server.running.watcher is not None and not server.running.watcher.done()
             # Repairing the bundle changes its manifest: the watcher tries it again.

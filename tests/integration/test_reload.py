@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -175,6 +176,11 @@ def test_readiness_is_separate_from_liveness(bundle_dir, monkeypatch):
     assert code == 1 and said.startswith("unhealthy: UNAVAILABLE"), said
 
 
+def _refused(caplog: pytest.LogCaptureFixture, bundle: Path) -> bool:
+    """Whether the watcher has logged that it refused `bundle`."""
+    return any(r.getMessage().startswith(f"refused bundle {bundle}") for r in list(caplog.records))
+
+
 IN_FLIGHT = 8
 
 
@@ -230,7 +236,7 @@ def test_drain_reports_not_serving_then_answers_every_call_in_flight(bundle_dir)
                 asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(timeout=30)
 
 
-def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle, tmp_path):
+def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle, tmp_path, caplog):
     import json
     import time
 
@@ -257,7 +263,8 @@ def test_watched_folder_serves_the_newest_good_bundle(bundle_dir, second_bundle,
             manifest.update(bundle_version="v3", created_at="2999-01-01T00:00:00Z")
             (watched / "v3" / "manifest.json").write_text(json.dumps(manifest))
             (watched / "v3" / "centroids.npy").write_bytes(b"corrupt")
-            time.sleep(1.5)
+            # Not a fixed sleep: wait until the watcher has tried v3 and refused it.
+            _until(lambda: _refused(caplog, watched / "v3"), what="the watcher to refuse v3")
             assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == "v2"
             assert stub.Recommend(
                 pb.RecommendRequest(history_item_ids=["1"], k=2), timeout=30
