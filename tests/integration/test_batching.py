@@ -38,11 +38,16 @@ def test_concurrent_unary_calls_are_batched_and_answer_like_unbatched(live_serve
     for history, answer in zip(requests, answers, strict=True):
         alone = engine.recommend(RecommendQuery(history_item_ids=history, k=10))
         # int8 dynamic quantization scales activations per run, so batched scores move
-        # slightly: the same items, scores within 0.02 (README), every item, every cluster.
+        # slightly (README): scores within 0.02, and the same items but for near-ties at
+        # the k-th place, where a 0.02 shift can swap the 10th and 11th item (seen in
+        # `make stress`): an item only one answer has scores within 0.02 of the other's last.
         got = {i.item_id: i.score for i in answer.items}
         want = {i.item_id: i.score for i in alone.items}
-        assert set(got) == set(want), (history, sorted(got), sorted(want))
-        assert max(abs(got[i] - want[i]) for i in want) < 0.02
+        assert len(got) == len(want) == 10 and len(set(got) & set(want)) >= 9
+        assert max(abs(got[i] - want[i]) for i in set(got) & set(want)) < 0.02
+        for only, other in ((got, want), (want, got)):
+            for item in set(only) - set(other):
+                assert only[item] <= min(other.values()) + 0.02, (history, item, only, other)
         assert [c.cluster_id for c in answer.clusters] == [c.cluster_id for c in alone.clusters]
 
 

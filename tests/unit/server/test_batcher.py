@@ -215,3 +215,155 @@ def test_not_ready_is_unavailable(tmp_path):
     assert not state.ready
     with pytest.raises(Unavailable, match="not ready"):
         state.current()
+
+
+def test_stats_count_every_run_exactly():
+    calls = []
+
+    def run_batch(items):
+        calls.append(len(items))
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch, lambda i: 1, ThreadPoolExecutor(2), max_batch=8, max_wait_ms=20
+        )
+        await asyncio.gather(*(batcher.submit(i) for i in range(30)))
+        await batcher.close()
+        return batcher.stats
+
+    stats = run(scenario())
+    assert stats.batches == len(calls) and stats.items == sum(calls) == 30
+    assert stats.largest == max(calls) and stats.sizes == calls
+
+
+def test_exactly_max_queue_requests_wait_and_the_next_is_refused():
+    gate = __import__("threading").Event()
+
+    def run_batch(items):
+        assert gate.wait(30)
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            lambda i: 1,
+            ThreadPoolExecutor(1),
+            max_batch=1,
+            max_wait_ms=0,
+            max_queue=4,
+            max_running=1,
+        )
+        running = batcher.enqueue("running")
+        while batcher.depth:  # the collector took it and holds the only run slot
+            await asyncio.sleep(0.001)
+        waiting = [batcher.enqueue(i) for i in range(4)]  # exactly max_queue wait
+        assert batcher.depth == 4
+        with pytest.raises(Overloaded):
+            batcher.enqueue("one too many")
+        gate.set()
+        await asyncio.gather(running, *waiting)
+        await batcher.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("max_running", [1, 2])
+def test_never_more_runs_at_once_than_max_running(max_running):
+    # Mixed lengths: one gathered batch splits into several runs, each needs a slot.
+    import threading
+
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def run_batch(items):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.02)
+        with lock:
+            now[0] -= 1
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            lambda i: i,
+            ThreadPoolExecutor(8),
+            max_batch=32,
+            max_wait_ms=5,
+            max_running=max_running,
+        )
+        costs = [10, 500, 40, 160, 2000, 10, 640] * 6
+        await asyncio.gather(*(batcher.submit(c) for c in costs))
+        await batcher.close()
+        return batcher.stats
+
+    stats = run(scenario())
+    assert 1 <= peak[0] <= max_running and stats.items == 42
+
+
+def test_queue_ms_is_the_wait_in_milliseconds():
+    def run_batch(items):
+        if "busy" in items:
+            time.sleep(0.2)
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            lambda i: 1,
+            ThreadPoolExecutor(1),
+            max_batch=8,
+            max_wait_ms=0,
+            max_running=1,
+        )
+        busy = batcher.enqueue("busy")
+        while batcher.depth:  # the collector took it: it runs alone
+            await asyncio.sleep(0.001)
+        queued_at = time.perf_counter()
+        waiter = batcher.enqueue("waiter")
+        (_, busy_queue_ms, _, busy_encode_ms) = await busy
+        (_, queue_ms, _, _) = await waiter
+        waited_ms = (time.perf_counter() - queued_at) * 1e3
+        await batcher.close()
+        return busy_encode_ms, queue_ms, waited_ms
+
+    busy_encode_ms, queue_ms, waited_ms = run(scenario())
+    # The waiter queued while the busy run (≥ 200 ms by its sleep) went on: its queue time
+    # is most of that run and never more than the wait this test measured around it.
+    assert busy_encode_ms >= 200
+    assert 0.5 * busy_encode_ms <= queue_ms <= waited_ms
+
+
+def test_close_answers_everything_still_queued_unavailable():
+    from server.errors import Unavailable
+
+    gate = __import__("threading").Event()
+
+    def run_batch(items):
+        assert gate.wait(30)
+        return np.zeros((len(items), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            lambda i: 1,
+            ThreadPoolExecutor(1),
+            max_batch=1,
+            max_wait_ms=0,
+            max_running=1,
+        )
+        running = batcher.enqueue("running")
+        while batcher.depth:
+            await asyncio.sleep(0.001)
+        queued = [batcher.enqueue(i) for i in range(3)]
+        await batcher.close()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*queued, return_exceptions=True), timeout=10
+        )
+        gate.set()
+        await running
+        return outcomes
+
+    outcomes = run(scenario())
+    assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
