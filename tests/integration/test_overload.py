@@ -33,10 +33,13 @@ BURST = 50 * CAPACITY
 CHANNELS = 8
 # A refusal costs no encoder time, only the event loop's turn at the call; under a flood
 # that turn can wait behind a few hundred other calls on a busy, shared 2-core machine
-# (measured: p95 ≈ 0.4 s with 400 calls in flight). Generous bounds, yet well below what
-# queueing behind the encoder took before max-queue bounded the real backlog (a 3.5 s
-# median for the same burst, all accepted).
-REFUSAL_P95_S = 1.5
+# (measured: burst refusal p95 0.27 s, and 1.77 s with a second test run on the same
+# cores). So the bound is a ratio to the served calls of the same run, which slow down
+# with the machine: refusal p95 < REFUSAL_P95_VS_SERVED × the median served call
+# (measured 0.8 and 0.9 ×), well below what queueing behind the encoder took before
+# max-queue bounded the real backlog (a 3.5 s median for the same burst, all accepted).
+# The absolute bounds below only catch a hang.
+REFUSAL_P95_VS_SERVED = 3.0
 REFUSAL_MAX_S = 5.0
 ACCEPTED_MAX_S = 10.0
 
@@ -128,7 +131,7 @@ def _check_overload(outcomes: list[Outcome], label: str, ordered: bool = False) 
         # Measured in the same run, so it holds on a slow or busy machine: a refusal waits
         # for no encoder run, so the median refusal is faster than the median served call.
         assert _pct(refused, 0.5) < _pct(accepted, 0.5)
-    assert _pct(refused, 0.95) < REFUSAL_P95_S
+    assert _pct(refused, 0.95) < REFUSAL_P95_VS_SERVED * _pct(accepted, 0.5)
     assert refused[-1] < REFUSAL_MAX_S
     # Accepted requests never wait behind an unbounded backlog.
     assert accepted[-1] < ACCEPTED_MAX_S
