@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 50051
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint typecheck imports proto proto-check serve clean bench-peer
+.PHONY: help venv demo test test-fast stress lint typecheck imports proto proto-check serve clean bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,14 @@ test: $(STAMP) lint typecheck imports proto-check ## lint, types, layers, proto 
 
 test-fast: $(STAMP) ## the fast tests only (tiny model, no MiniLM)
 	$(BIN)/pytest
+
+# The concurrency tests: batching, deadlines, drain, reload under load, overload.
+STRESS_TESTS := tests/unit/server/test_batcher.py tests/integration/test_batching.py \
+	tests/integration/test_reload.py tests/integration/test_overload.py
+COUNT ?= 5
+
+stress: $(STAMP) ## the concurrency tests COUNT times each (pytest-repeat; COUNT=5), niced
+	nice -n 10 $(BIN)/pytest --count $(COUNT) -x $(STRESS_TESTS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ INVALID_ARGUMENT naming the message type; a stream first answers the messages be
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -68,8 +69,17 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             async for response in single(request, context):
                 yield response
 
+        async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # A handler that answers with `await context.write(...)` (grpc.health.v1 Watch)
+            # is a coroutine, not an async generator: await it instead of iterating.
+            if isinstance(request, _Malformed):
+                await context.abort(invalid, request.problem)
+            await single(request, context)
+
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
+        if not inspect.isasyncgenfunction(single):
+            return grpc.unary_stream_rpc_method_handler(unary_stream_writer, **codecs)
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
 
     streaming: Callable[..., Any] = handler.stream_unary or handler.stream_stream
@@ -88,8 +98,18 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if problems:  # the messages before the malformed one have their answers
             await context.abort(invalid, problems[0])
 
+    async def stream_stream_writer(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        problems: list[str] = []
+        await streaming(_checked(requests, problems), context)  # answers with context.write
+        if problems:
+            await context.abort(invalid, problems[0])
+
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
+    if not inspect.isasyncgenfunction(streaming):
+        return grpc.stream_stream_rpc_method_handler(stream_stream_writer, **codecs)
     return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
 
 

@@ -23,6 +23,7 @@ import pytest
 from irec.batch_inference import ScoreOptions, ScoringError, read_scores, score
 from server.client import RecommenderClient, make_request
 from server.loadgen import item_ids_from_bundle
+from tests.optional import require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 5
@@ -243,7 +244,7 @@ def test_cli_bad_input_is_one_clear_line(bundle_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray = require_module("ray", "the ray extra")
     ray.init(num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()

@@ -26,7 +26,9 @@ def test_add_remove_and_restart(bundle_dir, tmp_path):
         def search() -> None:
             while not stop.is_set():
                 try:
-                    stub.Recommend(pb.RecommendRequest(history_item_ids=["1", "2"], k=20))
+                    stub.Recommend(
+                        pb.RecommendRequest(history_item_ids=["1", "2"], k=20), timeout=30
+                    )
                 except grpc.RpcError as exc:
                     errors.append(exc.code())
 
@@ -37,31 +39,35 @@ def test_add_remove_and_restart(bundle_dir, tmp_path):
             admin.AddItems(
                 pb.AddItemsRequest(
                     items=[pb.NewItem(item_id=f"bulk{i}", title=f"Bulk {i}", text=f"bulk item {i}")]
-                )
+                ),
+                timeout=30,
             )
         added = admin.AddItems(
             pb.AddItemsRequest(
                 items=[pb.NewItem(item_id="x1", title="The Midnight Saxophone", text=JAZZ)]
-            )
+            ),
+            timeout=30,
         )
         stop.set()
         for t in searchers:
             t.join()
         assert errors == []
         assert added.added == 1 and added.num_items == 360 + 31
-        found = stub.Recommend(pb.RecommendRequest(history_texts=[JAZZ], k=5))
+        found = stub.Recommend(pb.RecommendRequest(history_texts=[JAZZ], k=5), timeout=30)
         assert "x1" in [i.item_id for i in found.items]
-        with_history = stub.Recommend(pb.RecommendRequest(history_item_ids=["x1"], k=3))
+        with_history = stub.Recommend(pb.RecommendRequest(history_item_ids=["x1"], k=3), timeout=30)
         assert not with_history.unknown_item_ids
-        removed = admin.RemoveItems(pb.RemoveItemsRequest(item_ids=["x1", "1"]))
+        removed = admin.RemoveItems(pb.RemoveItemsRequest(item_ids=["x1", "1"]), timeout=30)
         assert removed.removed == 2
-        everything = stub.Recommend(pb.RecommendRequest(history_item_ids=["2"], k=300))
+        everything = stub.Recommend(pb.RecommendRequest(history_item_ids=["2"], k=300), timeout=30)
         assert not {"x1", "1"} & {i.item_id for i in everything.items}
         with pytest.raises(grpc.RpcError) as info:
-            admin.AddItems(pb.AddItemsRequest(items=[pb.NewItem(item_id="x1", text="again")]))
+            admin.AddItems(
+                pb.AddItemsRequest(items=[pb.NewItem(item_id="x1", text="again")]), timeout=30
+            )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as info:
-            admin.RemoveItems(pb.RemoveItemsRequest(item_ids=["ghost"]))
+            admin.RemoveItems(pb.RemoveItemsRequest(item_ids=["ghost"]), timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
     # A restart replays the log.
     with (
@@ -69,7 +75,7 @@ def test_add_remove_and_restart(bundle_dir, tmp_path):
         grpc.insecure_channel(server.target) as ch,
     ):
         stub = pb_grpc.RecommenderServiceStub(ch)
-        assert stub.GetModelInfo(pb.GetModelInfoRequest()).num_items == 360 + 31 - 2
-        again = stub.Recommend(pb.RecommendRequest(history_item_ids=["x1", "2"], k=300))
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).num_items == 360 + 31 - 2
+        again = stub.Recommend(pb.RecommendRequest(history_item_ids=["x1", "2"], k=300), timeout=30)
         assert not again.unknown_item_ids
         assert not {"x1", "1"} & {i.item_id for i in again.items}

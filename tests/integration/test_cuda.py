@@ -96,12 +96,13 @@ def test_server_reports_cuda(gpu_bundle):
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 stub = pb_grpc.RecommenderServiceStub(channel)
-                info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+                info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
                 assert info.providers[0] == CUDA and info.encoder_variant == "fp16"
                 response = await stub.Recommend(
                     pb.RecommendRequest(
                         history_item_ids=[running.engine.bundle.items[0].item_id], k=5
-                    )
+                    ),
+                    timeout=30,
                 )
                 assert len(response.items) == 5
         finally:

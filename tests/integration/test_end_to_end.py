@@ -47,7 +47,7 @@ def test_single_interest_user_gets_that_categorys_cluster_and_items(
     users = single_interest_users(demo_dataset, category_of)
     assert len(users) == 5
     for _user, items, category in users:
-        response = stub.Recommend(pb.RecommendRequest(history_item_ids=items, k=10))
+        response = stub.Recommend(pb.RecommendRequest(history_item_ids=items, k=10), timeout=30)
         assert response.clusters[0].description.split(", ")[0] == category
         item_cats = Counter(category_of[i.item_id] for i in response.items)
         assert item_cats[category] >= 8, item_cats
@@ -61,11 +61,11 @@ def test_single_interest_user_gets_that_categorys_cluster_and_items(
 def test_include_seen_and_cluster_mode(stub, demo_dataset, category_of):
     _user, items, category = single_interest_users(demo_dataset, category_of, 1)[0]
     seen = stub.Recommend(
-        pb.RecommendRequest(history_item_ids=items, k=30, include_seen_items=True)
+        pb.RecommendRequest(history_item_ids=items, k=30, include_seen_items=True), timeout=30
     )
     assert set(items) & {i.item_id for i in seen.items}
     clustered = stub.Recommend(
-        pb.RecommendRequest(history_item_ids=items, k=5, mode=pb.RETRIEVAL_MODE_CLUSTER)
+        pb.RecommendRequest(history_item_ids=items, k=5, mode=pb.RETRIEVAL_MODE_CLUSTER), timeout=30
     )
     assert len(clustered.items) == 5
     assert Counter(category_of[i.item_id] for i in clustered.items)[category] >= 4
@@ -73,10 +73,11 @@ def test_include_seen_and_cluster_mode(stub, demo_dataset, category_of):
 
 def test_free_text_history_and_embed(stub, category_of):
     response = stub.Recommend(
-        pb.RecommendRequest(history_texts=["The Blue Saxophone. Jazz. Jazz records."], k=5)
+        pb.RecommendRequest(history_texts=["The Blue Saxophone. Jazz. Jazz records."], k=5),
+        timeout=30,
     )
     assert len(response.items) == 5
-    embedded = stub.Embed(pb.EmbedRequest(texts=["jazz", "space travel"]))
+    embedded = stub.Embed(pb.EmbedRequest(texts=["jazz", "space travel"]), timeout=30)
     assert embedded.dimension == 32
     assert len(embedded.embeddings) == 2
     norm = sum(v * v for v in embedded.embeddings[0].values) ** 0.5
@@ -90,7 +91,7 @@ def test_stream_answers_each_request_by_id_and_survives_a_bad_one(stub, demo_dat
         for u, items, _ in users
     ]
     requests.insert(2, pb.RecommendRequest(request_id="bad", history_item_ids=[], k=3))
-    responses = {r.request_id: r for r in stub.RecommendStream(iter(requests))}
+    responses = {r.request_id: r for r in stub.RecommendStream(iter(requests), timeout=30)}
     assert set(responses) == {r.request_id for r in requests}
     assert responses["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "history_item_ids" in responses["bad"].error.message
@@ -112,28 +113,28 @@ def test_stream_answers_each_request_by_id_and_survives_a_bad_one(stub, demo_dat
 )
 def test_bad_input_is_invalid_argument_naming_the_field(stub, request_kwargs, field):
     with pytest.raises(grpc.RpcError) as info:
-        stub.Recommend(pb.RecommendRequest(**request_kwargs))
+        stub.Recommend(pb.RecommendRequest(**request_kwargs), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(field)
     # The server keeps serving.
-    assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2)).items
+    assert stub.Recommend(pb.RecommendRequest(history_item_ids=["1"], k=2), timeout=30).items
 
 
 def test_embed_bad_input(stub):
     with pytest.raises(grpc.RpcError) as info:
-        stub.Embed(pb.EmbedRequest(texts=[]))
+        stub.Embed(pb.EmbedRequest(texts=[]), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "texts" in info.value.details()
 
 
 def test_unknown_ids_are_reported_when_some_are_known(stub):
-    response = stub.Recommend(pb.RecommendRequest(history_item_ids=["1", "ghost"], k=3))
+    response = stub.Recommend(pb.RecommendRequest(history_item_ids=["1", "ghost"], k=3), timeout=30)
     assert list(response.unknown_item_ids) == ["ghost"]
     assert len(response.items) == 3
 
 
 def test_model_info(stub):
-    info = stub.GetModelInfo(pb.GetModelInfoRequest())
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
     assert info.num_items == 360
     assert len(info.clusters) == 12
     assert info.providers == ["CPUExecutionProvider"]
@@ -145,11 +146,11 @@ def test_health_and_reflection(live_server):
     with grpc.insecure_channel(live_server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "recsys.v1.RecommenderService"):
-            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         (answer,) = reflection.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
         )
         names = {s.name for s in answer.list_services_response.service}
         assert "recsys.v1.RecommenderService" in names

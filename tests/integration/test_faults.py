@@ -38,7 +38,12 @@ from tests.conftest import background_server
 from tests.integration.conftest import ROOT, served_process
 
 START_TIMEOUT_S = 120.0
-RECOVERY_S = 15.0
+RECOVERY_S = 15.0  # how long the loop below keeps trying: a bound on the test, not the claim
+# The claim (README): the same client reconnects within ~1 s of the server listening again:
+# max_reconnect_backoff is 1 s (±20% jitter), and a call's retries span 1.5 s. Measured
+# from the restarted server's port file to the first answer; the margin over 1.2 s is for
+# a busy 2-core machine (client, server and a training job on the same cores).
+RECONNECT_S = 2.5
 
 
 def _serve_on(bundle: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -99,13 +104,17 @@ def test_kill_9_mid_stream_is_unavailable_and_the_client_recovers_after_a_restar
             restarted = _serve_on(bundle_dir, port, tmp_path)
             try:
                 codes, answer = [], None
-                deadline = time.monotonic() + RECOVERY_S
+                listening = time.monotonic()
+                deadline = listening + RECOVERY_S
                 while answer is None and time.monotonic() < deadline:
                     try:
                         answer = client.recommend(make_request(["1"], k=2))
                     except grpc.RpcError as exc:
                         codes.append(exc.code())
+                reconnect_s = time.monotonic() - listening
+                print(f"\nreconnected {reconnect_s:.2f} s after the restart listened; {codes}")
                 assert answer is not None and len(answer.items) == 2, codes
+                assert reconnect_s < RECONNECT_S, (reconnect_s, codes)
                 assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
                 responses = list(client.recommend_stream([make_request(["4"], request_id="s")]))
                 assert [r.request_id for r in responses] == ["s"]
@@ -158,15 +167,15 @@ def test_reload_refuses_a_corrupt_file_with_a_valid_checksum(
     reload_server, bundle_dir, tmp_path, name, how
 ):
     _, stub, admin = reload_server
-    served = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+    served = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
     bad = corrupt_with_valid_checksum(bundle_dir, tmp_path / "b", name, how)
     with pytest.raises(grpc.RpcError) as info:
         admin.ReloadBundle(pb.ReloadBundleRequest(path=str(bad)), timeout=60)
     # FAILED_PRECONDITION naming the file, never INTERNAL ("internal error; see the log").
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
     assert Path(name).name in info.value.details()
-    assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == served
-    assert len(stub.Recommend(make_request(["1", "2"], k=3)).items) == 3
+    assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == served
+    assert len(stub.Recommend(make_request(["1", "2"], k=3), timeout=30).items) == 3
 
 
 @pytest.mark.parametrize(
@@ -194,18 +203,25 @@ def test_serve_refuses_a_corrupt_file_with_a_valid_checksum_in_one_line(
     assert last.startswith("irec serve: error:") and name in last, last
 
 
-def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path):
+def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path, caplog):
     watched = tmp_path / "bundles"
     watched.mkdir()
     with background_server(bundle_dir, watch_dir=watched, watch_interval_s=0.2) as server:
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
-            served = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+            served = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
             corrupt_with_valid_checksum(
                 bundle_dir, watched / "bad", fmt.CENTROIDS_FILE, "garbage", version="bad"
             )
-            time.sleep(1.5)  # several scans
-            assert stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version == served
+            # Not a fixed sleep: wait until the watcher has tried the bad bundle and refused it.
+            deadline = time.monotonic() + 30
+            while not any(
+                r.getMessage().startswith(f"refused bundle {watched / 'bad'}")
+                for r in list(caplog.records)
+            ):
+                assert time.monotonic() < deadline, "the watcher never looked at the bad bundle"
+                time.sleep(0.05)
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version == served
             assert server.running.watcher is not None and not server.running.watcher.done()
             # Repairing the bundle changes its manifest: the watcher tries it again.
             shutil.rmtree(watched / "bad")
@@ -217,6 +233,6 @@ def test_watch_refuses_a_corrupt_bundle_and_keeps_watching(bundle_dir, tmp_path)
             version = served
             while version != "repaired" and time.monotonic() < deadline:
                 time.sleep(0.1)
-                version = stub.GetModelInfo(pb.GetModelInfoRequest()).bundle_version
+                version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).bundle_version
             assert version == "repaired"
-            assert len(stub.Recommend(make_request(["1"], k=2)).items) == 2
+            assert len(stub.Recommend(make_request(["1"], k=2), timeout=30).items) == 2

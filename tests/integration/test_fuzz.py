@@ -245,9 +245,21 @@ def test_malformed_bytes_on_the_wire(channel, method, data):
         SERVICE + method, request_serializer=_identity, response_deserializer=_identity
     )
     try:
-        call(raw, timeout=CALL_TIMEOUT_S)
+        answer = call(raw, timeout=CALL_TIMEOUT_S)
     except grpc.RpcError as error:
         check_refusal(error)
+        return
+    # Answered OK: the bytes were a valid request, and the answer is the right one for it.
+    if method == "Recommend":
+        request = pb.RecommendRequest.FromString(raw)
+        check_recommendation(request, _parsed(pb.RecommendResponse, answer))
+    else:
+        check_embedding(pb.EmbedRequest.FromString(raw), _parsed(pb.EmbedResponse, answer))
+
+
+def _parsed(message_type, raw: bytes):  # type: ignore[no-untyped-def]
+    """The answer's bytes as `message_type`; fails the test if they are not one."""
+    return message_type.FromString(raw)
 
 
 def _parses(message_type: type, raw: bytes) -> bool:
@@ -337,10 +349,12 @@ def test_kserve_model_infer(channel, request):
     )
     try:
         answer = call(request, timeout=CALL_TIMEOUT_S)
-        assert answer.model_name == request.model_name and answer.id == request.id
-        assert len(answer.outputs) == len(answer.raw_output_contents) >= 1
     except grpc.RpcError as error:
         check_refusal(error)
+        return
+    assert request.model_name in {"irec-encoder", "irec-recommender"}
+    assert answer.model_name == request.model_name and answer.id == request.id
+    assert len(answer.outputs) == len(answer.raw_output_contents) >= 1
 
 
 @FUZZ
@@ -350,9 +364,15 @@ def test_kserve_malformed_bytes(channel, raw):
         MODEL_INFER, request_serializer=_identity, response_deserializer=_identity
     )
     try:
-        call(raw, timeout=CALL_TIMEOUT_S)
+        answer = _parsed(kpb.ModelInferResponse, call(raw, timeout=CALL_TIMEOUT_S))
     except grpc.RpcError as error:
         check_refusal(error)
+        return
+    # Answered OK: the bytes were a valid request for a served model, answered in full.
+    request = kpb.ModelInferRequest.FromString(raw)
+    assert request.model_name in {"irec-encoder", "irec-recommender"}
+    assert answer.model_name == request.model_name and answer.id == request.id
+    assert len(answer.outputs) == len(answer.raw_output_contents) >= 1
 
 
 def test_zz_after_the_fuzz_the_server_answers_a_normal_request(served, channel):

@@ -19,6 +19,7 @@ it catches leaks 12 × smaller.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import grpc
@@ -26,7 +27,13 @@ import pytest
 
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from tests.integration.conftest import ServedProcess, rss_bytes, served_process, soak_seconds
+from tests.integration.conftest import (
+    SOAK_SECONDS,
+    ServedProcess,
+    rss_bytes,
+    served_process,
+    soak_seconds,
+)
 
 CLIENTS = 64
 LOAD_S = 60.0
@@ -132,6 +139,8 @@ def test_64_clients_for_60_s_get_no_error_and_memory_stays_flat(bundle_dir, tmp_
     _run_load(bundle_dir, tmp_path / "load", LOAD_S)
 
 
+# The soak runs past the default per-test timeout: its own bound is its length + 5 min.
+@pytest.mark.timeout(float(os.environ.get("IREC_SOAK_SECONDS") or SOAK_SECONDS) + 300)
 def test_soak(bundle_dir, tmp_path, request):
     seconds = soak_seconds(request.config)
     if seconds <= 0:

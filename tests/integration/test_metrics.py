@@ -33,16 +33,16 @@ def test_metrics_count_requests_stages_batches_and_bundle(bundle_dir):
             list(
                 pool.map(
                     lambda i: stub.Recommend(
-                        pb.RecommendRequest(history_item_ids=[str(1 + i)], k=3)
+                        pb.RecommendRequest(history_item_ids=[str(1 + i)], k=3), timeout=30
                     ),
                     range(48),
                 )
             )
         with pytest.raises(grpc.RpcError):
-            stub.Recommend(pb.RecommendRequest(history_item_ids=[], k=3))
+            stub.Recommend(pb.RecommendRequest(history_item_ids=[], k=3), timeout=30)
         list(
             stub.RecommendStream(
-                iter([pb.RecommendRequest(request_id="a", history_item_ids=["1"])])
+                iter([pb.RecommendRequest(request_id="a", history_item_ids=["1"])]), timeout=30
             )
         )
         metrics = scrape(server.running.metrics_port)

@@ -33,10 +33,13 @@ BURST = 50 * CAPACITY
 CHANNELS = 8
 # A refusal costs no encoder time, only the event loop's turn at the call; under a flood
 # that turn can wait behind a few hundred other calls on a busy, shared 2-core machine
-# (measured: p95 ≈ 0.4 s with 400 calls in flight). Generous bounds, yet well below what
-# queueing behind the encoder took before max-queue bounded the real backlog (a 3.5 s
-# median for the same burst, all accepted).
-REFUSAL_P95_S = 1.5
+# (measured: burst refusal p95 0.27 s, and 1.77 s with a second test run on the same
+# cores). So the bound is a ratio to the served calls of the same run, which slow down
+# with the machine: refusal p95 < REFUSAL_P95_VS_SERVED × the median served call
+# (measured 0.8 and 0.9 ×), well below what queueing behind the encoder took before
+# max-queue bounded the real backlog (a 3.5 s median for the same burst, all accepted).
+# The absolute bounds below only catch a hang.
+REFUSAL_P95_VS_SERVED = 3.0
 REFUSAL_MAX_S = 5.0
 ACCEPTED_MAX_S = 10.0
 
@@ -105,7 +108,7 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def _check_overload(outcomes: list[Outcome], label: str) -> None:
+def _check_overload(outcomes: list[Outcome], label: str, ordered: bool = False) -> None:
     codes = {c for c, _, _ in outcomes}
     refused = sorted(t for c, t, _ in outcomes if c == "RESOURCE_EXHAUSTED")
     accepted = sorted(t for c, t, _ in outcomes if c == "OK")
@@ -124,7 +127,11 @@ def _check_overload(outcomes: list[Outcome], label: str) -> None:
     for c, _, details in outcomes:
         if c == "RESOURCE_EXHAUSTED":
             assert details.startswith("server overloaded"), details
-    assert _pct(refused, 0.95) < REFUSAL_P95_S
+    if ordered:
+        # Measured in the same run, so it holds on a slow or busy machine: a refusal waits
+        # for no encoder run, so the median refusal is faster than the median served call.
+        assert _pct(refused, 0.5) < _pct(accepted, 0.5)
+    assert _pct(refused, 0.95) < REFUSAL_P95_VS_SERVED * _pct(accepted, 0.5)
     assert refused[-1] < REFUSAL_MAX_S
     # Accepted requests never wait behind an unbounded backlog.
     assert accepted[-1] < ACCEPTED_MAX_S
@@ -153,7 +160,8 @@ def small_server(bundle_dir, tmp_path_factory) -> Iterator[ServedProcess]:
 
 
 def test_ten_times_capacity_sustained_is_refused_fast_and_the_server_recovers(small_server):
-    _check_overload(asyncio.run(_sustained(small_server.target)), "sustained 10× capacity")
+    outcomes = asyncio.run(_sustained(small_server.target))
+    _check_overload(outcomes, "sustained 10× capacity", ordered=True)
     _check_recovered(small_server)
 
 

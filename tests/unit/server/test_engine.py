@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,12 @@ def test_embed(engine):
 
 
 def test_defaults(engine):
+    started = time.perf_counter()
     result = engine.recommend(RecommendQuery(history_item_ids=["1"]))
+    wall_ms = (time.perf_counter() - started) * 1e3
     assert len(result.items) == 10
     assert result.bundle_version == engine.bundle.version
-    assert result.timing.encode_ms > 0
+    # The stage times are real measurements of this call: positive, and together no
+    # longer than the call took by the test's own clock.
+    assert result.timing.encode_ms > 0 and result.timing.search_ms > 0
+    assert result.timing.encode_ms + result.timing.search_ms <= wall_ms

