@@ -201,9 +201,14 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
                 f"{m['ndcg@50']:.4f} |"
             )
+        chosen_on = modes.get("chosen_on", "test")
         lines.append(
-            f"\nWinner by validation NDCG@10 (chosen on validation, reported on test): "
-            f"**{modes['winner']}**."
+            f"\nWinner by {chosen_on} NDCG@10: **{modes['winner']}**"
+            + (
+                " (chosen on validation, reported on test)."
+                if chosen_on == "validation"
+                else " (this run chose on test; irec eval now chooses on validation)."
+            )
         )
         if served:
             chosen = served["default_mode"]
