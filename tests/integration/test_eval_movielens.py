@@ -20,9 +20,9 @@ def test_eval_on_movielens_1m_sample(tmp_path):
     train = TrainConfig(
         data=f"movielens-1m-sasrec:{DATA}",
         out=tmp_path / "report" / "run",
-        users=400,
+        users=1000,
         encoder=EncoderConfig(treatment="frozen"),
-        head=HeadConfig(epochs=3, eval_every=1),
+        head=HeadConfig(epochs=6, eval_every=2),
         minutes=10,
         progress=False,
     )
@@ -31,7 +31,7 @@ def test_eval_on_movielens_1m_sample(tmp_path):
     )
     assert report["data"] == {
         "spec": f"movielens-1m-sasrec:{DATA}",
-        "users": 400,
+        "users": 1000,
         "items": 3416,
         "interactions": report["data"]["interactions"],
     }
