@@ -250,6 +250,7 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.mark.timeout(900)  # Ray start-up, actors and two scoring passes
 def test_ray_backend_equals_local_and_resumes(ray_session, local_scores, tmp_path):
     options, _, local = local_scores
     ray_options = replace(options, backend="ray", workers=2, output=tmp_path / "ray")

@@ -23,6 +23,10 @@ pytest.importorskip("ray.train.torch", reason="Ray Train needs ray[train] (pydan
 WORKERS = 2
 
 
+# Ray start-up and Ray Train workers: minutes on 2 cores.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
