@@ -19,7 +19,11 @@ def test_recommend_matches_exact_search_over_unseen_items(engine):
     bundle = engine.bundle
     history = [bundle.items[i].item_id for i in (0, 1, 2)]
     result = engine.recommend(RecommendQuery(history_item_ids=history, k=10))
-    user = bundle.encoder.encode([engine._render([0, 1, 2], [])])[0]
+    # The user vector the bundle makes: its sequence head's, or the encoder's of the history.
+    if bundle.head is not None:
+        user = bundle.head.user_vector([0, 1, 2])
+    else:
+        user = bundle.encoder.encode([engine._render([0, 1, 2], [])])[0]
     exact = np.argsort(-(bundle.item_embeddings @ user))
     expected = [bundle.items[r].item_id for r in exact if r not in (0, 1, 2)][:10]
     got = [i.item_id for i in result.items]

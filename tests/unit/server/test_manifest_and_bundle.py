@@ -24,8 +24,10 @@ def test_loads_and_is_consistent(bundle_dir):
     assert bundle.centroids.shape == (12, 32)
     assert bundle.encoder.providers == ["CPUExecutionProvider"]
     vectors = bundle.encoder.encode([item.text for item in bundle.items[:8]])
-    # The served encoder reproduces the exported item embeddings (int8 vs torch fp32).
-    cosines = (vectors * bundle.item_embeddings[:8]).sum(axis=1)
+    # The served encoder reproduces the exported item text embeddings (int8 vs torch fp32):
+    # the head's item-text table in a head bundle, the item embeddings otherwise.
+    texts = bundle.head.item_text if bundle.head is not None else bundle.item_embeddings
+    cosines = (vectors * texts[:8]).sum(axis=1)
     assert cosines.min() > 0.9
 
 
