@@ -243,16 +243,19 @@ class QualityRun:
             baselines.frozen_text_scores(self.text_embeddings, s.test_histories),
         )
 
-    def _validation_rows(self, seed: int) -> list[int]:
-        """The users of the validation slice (a seeded sample)."""
+    @staticmethod
+    def _sample_users(count: int, seed: int) -> list[int]:
+        """A seeded sample of up to VALIDATION_USERS of `count` users: the validation slice."""
         rng = np.random.default_rng(seed)
-        size = min(VALIDATION_USERS, len(self.split.train))
-        return [int(u) for u in rng.choice(len(self.split.train), size=size, replace=False)]
+        return [int(u) for u in rng.choice(count, size=min(VALIDATION_USERS, count), replace=False)]
+
+    def _validation_rows(self, seed: int) -> list[int]:
+        """The users of the validation slice of the whole split."""
+        return self._sample_users(len(self.split.train), seed)
 
     def _validation(self, train: list[list[int]], targets: list[int], seed: int) -> Any:
-        """(histories, targets) of a seeded sample of users: the validation slice."""
-        rng = np.random.default_rng(seed)
-        users = rng.choice(len(train), size=min(VALIDATION_USERS, len(train)), replace=False)
+        """(histories, targets) of the validation slice of these users."""
+        users = self._sample_users(len(train), seed)
         return [train[u] for u in users], [targets[u] for u in users]
 
     def _fit(
