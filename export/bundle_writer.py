@@ -28,6 +28,7 @@ from server import manifest as fmt
 from server.bundle import load_bundle
 from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.manifest import render_history
+from server.new_items import DEFAULT_ID_WEIGHT, DEFAULT_NEIGHBOURS, new_item_vectors
 from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.run_folder import RunFolder, RunFolderError
 from training.torch_encoder import embed_texts, load_encoder
@@ -55,7 +56,8 @@ class ExportOptions:
     default_mode: RetrievalMode = RetrievalMode.ALL_ITEMS
     min_recall: float = 0.9
     # Items table (CSV/Parquet) of items unknown to training: they enter the bundle by
-    # their text alone (encoder + the head's text projection, no ID residual).
+    # their text (encoder + the head's text projection, plus an ID part borrowed from their
+    # text neighbours: server/new_items.py).
     new_items: Path | None = None
 
 
@@ -307,16 +309,23 @@ def _add_new_items(
     text = embed_texts(encoder, tokenizer, texts, item_length, progress=False)
     if not run.has_head:
         vectors, head_text = text, None
+        print(f"[export] {len(added)} new items enter by their text alone", flush=True)
     else:
-        import torch
-
         head = run.load_head()
-        with torch.no_grad():
-            vectors = head.item_vectors_from(
-                torch.zeros(len(texts), dtype=torch.long), torch.from_numpy(text)
-            ).numpy()
+        vectors = new_item_vectors(
+            text,
+            head.text_projection.weight.detach().numpy(),
+            head.item_text[1:].numpy(),
+            item_embeddings,
+            DEFAULT_NEIGHBOURS,
+            DEFAULT_ID_WEIGHT,
+        )
         head_text = text
-    print(f"[export] {len(added)} new items enter by their text alone", flush=True)
+        print(
+            f"[export] {len(added)} new items enter by their text and an ID part borrowed "
+            f"from their {DEFAULT_NEIGHBOURS} nearest trained items",
+            flush=True,
+        )
     return added, np.vstack([item_embeddings, vectors.astype(np.float32)]), head_text
 
 
@@ -350,6 +359,8 @@ def _export_head(
         parity_cosine_min=round(parity, 6),
         trained_items=num_items,
         projection=fmt.ITEM_TEXT_PROJECTION_FILE,
+        new_item_neighbours=DEFAULT_NEIGHBOURS,
+        new_item_id_weight=DEFAULT_ID_WEIGHT,
     )
 
 

@@ -26,6 +26,7 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
+from server.new_items import new_item_vectors
 from training import baselines
 from training.cluster import cluster_users, item_terms
 from training.data import load_spec
@@ -639,16 +640,27 @@ class QualityRun:
         if model.head is not None:
             head = model.head
             with torch.no_grad():
-                table = head.item_text[1:]
-                text_only = head.text_item_vectors(table).numpy()
-                cold_index = torch.tensor(sorted(cold))
-                known = torch.tensor([r for r in range(self.num_items) if r not in cold])
-                imputed = {
-                    n: head.imputed_id_parts(table[cold_index], known, neighbours=n).numpy()
-                    for n in IMPUTED_ID_NEIGHBOURS
-                }
+                table = head.item_text[1:].numpy()
+                text_only = head.text_item_vectors(head.item_text[1:]).numpy()
+                projection = head.text_projection.weight.numpy()
             rows[TEXT_ONLY_ROW] = row(users_v @ text_only.T)
             vectors = model.item_vectors()
+            cold_rows_sorted = sorted(cold)
+            known = [r for r in range(self.num_items) if r not in cold]
+
+            def served_as_new(neighbours: int, weight: float) -> np.ndarray:
+                """Every item's vector, cold items as the server adds a new item."""
+                out = vectors.copy()
+                out[cold_rows_sorted] = new_item_vectors(
+                    table[cold_rows_sorted],
+                    projection,
+                    table[known],
+                    vectors[known],
+                    neighbours,
+                    weight,
+                )
+                return out
+
             rows["ours, cold items by text alone"] = row(users_v @ vectors.T)
             # The imputed ID part's weight is chosen on validation: the best for users whose
             # validation item is cold, among weights that cost users whose validation item
@@ -682,8 +694,7 @@ class QualityRun:
                 for weight in IMPUTED_ID_WEIGHTS:
                     if weight == 0 and tried:
                         continue  # no imputed part: the same for every neighbour count
-                    candidate = vectors.copy()
-                    candidate[sorted(cold)] += weight * imputed[neighbours]
+                    candidate = served_as_new(neighbours, weight)
                     tried.append(
                         {
                             "neighbours": neighbours,
@@ -697,8 +708,7 @@ class QualityRun:
                 (t for t in tried if t["warm"] >= warm_floor), key=lambda t: (t["cold"], t["warm"])
             )
             best, best_n = best_try["weight"], int(best_try["neighbours"])
-            chosen = vectors.copy()
-            chosen[sorted(cold)] += best * imputed[best_n]
+            chosen = served_as_new(best_n, best)
             rows["ours"] = row(users_v @ chosen.T)
             # The same model for users whose test item is warm: what the imputation costs.
             warm_users = [u for u, t in enumerate(s.test_targets) if t not in cold][:2000]

@@ -232,7 +232,15 @@ def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> Use
     except Exception as exc:
         raise BundleError(f"{path / spec.file}: cannot load the sequence head ({exc})") from exc
     projection = _read(path / spec.projection, np.load) if spec.projection else None
-    head = UserHead(session, text, spec.max_length, spec.trained_items, projection)
+    head = UserHead(
+        session,
+        text,
+        spec.max_length,
+        spec.trained_items,
+        projection,
+        spec.new_item_neighbours,
+        spec.new_item_id_weight,
+    )
     probe = head.user_vector([0])
     if probe.shape != (manifest.dimension,) or not np.all(np.isfinite(probe)):
         raise BundleError(

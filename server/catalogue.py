@@ -1,7 +1,8 @@
 """Catalogue updates without retraining: add items by their text, remove items for good.
 
 An added item is embedded by the served encoder (through the sequence head's text
-projection when the bundle has one), assigned its nearest cluster and inserted into
+projection, plus an ID part borrowed from its text neighbours, when the bundle has one:
+server/new_items.py), assigned its nearest cluster and inserted into
 the indexes; a removed item is marked deleted in every index and never returned again.
 hnswlib's `knn_query` is not safe against a concurrent `add_items`, so searches take a
 shared lock and updates an exclusive one. Updates are appended to a log that is
@@ -131,7 +132,11 @@ class Catalogue:
     def _add(self, items: Sequence[NewItem]) -> None:
         bundle = self.bundle
         text = bundle.encoder.encode([i.text for i in items])
-        vectors = text if bundle.head is None else bundle.head.item_vectors_from_text(text)
+        vectors = (
+            text
+            if bundle.head is None
+            else bundle.head.new_item_vectors(text, bundle.item_embeddings)
+        )
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         nearest = np.argmax(unit @ bundle.centroids.T, axis=1)
         stored = bundle.manifest.hnsw.index_vectors(vectors.astype(np.float32))

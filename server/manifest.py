@@ -141,6 +141,11 @@ class SequenceHeadSpec:
     trained_items: int = 0
     # float32 [dimension, text_dimension]: item vector of a text-only item = W · text.
     projection: str = ""
+    # An item added after training borrows the mean ID part of this many trained items
+    # nearest by text, times this weight (server/new_items.py); 0 = text alone, what
+    # bundles written before these fields did.
+    new_item_neighbours: int = 20
+    new_item_id_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.errors import Unavailable
+from server.new_items import DEFAULT_NEIGHBOURS, new_item_vectors
 
 
 class UserHead:
@@ -20,18 +21,34 @@ class UserHead:
         max_length: int,
         trained_items: int | None = None,
         projection: np.ndarray | None = None,
+        new_item_neighbours: int = DEFAULT_NEIGHBOURS,
+        new_item_id_weight: float = 0.0,
     ) -> None:
         self.session = session
         self.item_text = item_text
         self.max_length = max_length
         self.trained_items = len(item_text) if not trained_items else trained_items
         self.projection = projection  # [dim, text_dim]: the head's text → item vector map
+        self.new_item_neighbours = new_item_neighbours
+        self.new_item_id_weight = new_item_id_weight
 
-    def item_vectors_from_text(self, text: np.ndarray) -> np.ndarray:
-        """Item vectors of items known by text alone (no ID residual)."""
+    def new_item_vectors(self, text: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+        """Item vectors of items known by text alone, given every item's vector so far.
+
+        Text projection plus an ID part borrowed from the nearest trained items
+        (server/new_items.py), with the bundle's neighbour count and weight.
+        """
         if self.projection is None:
             raise Unavailable("this bundle has no text projection; re-export it to add items")
-        return np.asarray(text @ self.projection.T, dtype=np.float32)
+        trained = self.trained_items
+        return new_item_vectors(
+            text,
+            self.projection,
+            self.item_text[:trained],
+            item_vectors[:trained],
+            self.new_item_neighbours,
+            self.new_item_id_weight,
+        )
 
     def user_vector(self, rows: Sequence[int], free_text: np.ndarray | None = None) -> np.ndarray:
         """User vector for item rows (oldest first) followed by free-text embeddings."""

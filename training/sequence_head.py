@@ -107,24 +107,6 @@ class SequenceHead(nn.Module):
         """Item vectors from text alone (what a new item gets)."""
         return self.text_projection(text)
 
-    @torch.no_grad()
-    def imputed_id_parts(
-        self, text: torch.Tensor, known: torch.Tensor, neighbours: int = 20
-    ) -> torch.Tensor:
-        """ID parts for items without one [len(text), dim], borrowed from text neighbours.
-
-        The mean of the ID parts of the `neighbours` trained items (rows in `known`)
-        nearest by text.
-
-        A new item has no interactions, but items that read like it do; their learned ID
-        parts carry what text cannot (how often such items are taken), so the new item is
-        scored on the same footing as trained ones instead of systematically lower.
-        """
-        query = nn.functional.normalize(self.text_projection(text), dim=-1)
-        keys = nn.functional.normalize(self.text_projection(self.item_text[known + 1]), dim=-1)
-        nearest = (query @ keys.T).topk(min(neighbours, len(known)), dim=-1).indices
-        return self.id_residual(known[nearest] + 1).mean(dim=1)
-
     def all_item_vectors(self) -> torch.Tensor:
         """Vectors of every catalogue item [num_items, dim] (row order)."""
         ids = torch.arange(1, self.item_text.shape[0], device=self.item_text.device)
