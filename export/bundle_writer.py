@@ -238,7 +238,7 @@ def write_items(stage: Path, records: list[dict]) -> None:
 
 
 def write_clusters(stage: Path, clusters: list[dict]) -> None:
-    """clusters.json: id, description, size and item rows of each cluster."""
+    """clusters.json: id, description, size, item rows and top items of each cluster."""
     (stage / fmt.CLUSTERS_FILE).write_text(
         json.dumps(
             {
@@ -248,6 +248,7 @@ def write_clusters(stage: Path, clusters: list[dict]) -> None:
                         "description": c["description"],
                         "size": c["size"],
                         "item_rows": c["item_rows"],
+                        "top_items": c.get("top_items", []),
                     }
                     for c in clusters
                 ]

@@ -251,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--tls-key", type=Path, help="client private key for mutual TLS")
     a.add("--token", help="bearer token")
 
+    p = sub.add_parser(
+        "clusters",
+        help="list the interest clusters: what sets each apart, its size, its top items",
+        description="From a running server (ListClusters) or, with --bundle, from a bundle "
+        "folder without a server.",
+    )
+    a = EnvArgs(p, "CLUSTERS")
+    a.add("--bundle", type=Path, help="read a bundle folder instead of asking a server")
+    a.add("--target", default=default_target(), help="server HOST:PORT")
+    a.add("--top-items", type=int, default=5, help="top items per cluster (0 = all kept)")
+    a.add("--json", action="store_true", help="print the answer as JSON")
+    a.add("--timeout", type=float, default=30.0, help="seconds per call")
+    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
+    a.add("--token", help="bearer token")
+
     p = sub.add_parser("bench", help="load-test a running server: RPS and latency percentiles")
     a = EnvArgs(p, "BENCH")
     a.add("--target", default=default_target(), help="server HOST:PORT")
@@ -417,6 +432,32 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_clusters(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from server.client import RecommenderClient, format_clusters
+
+    if args.top_items < 0:
+        print(f"irec clusters: --top-items {args.top_items}: must be ≥ 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.bundle is not None:
+        response = _clusters_of_bundle(args.bundle, args.top_items)
+    else:
+        with RecommenderClient(args.target, args.timeout, args.tls_ca, token=args.token) as client:
+            response = client.clusters(args.top_items)
+    print(json.dumps(MessageToDict(response), indent=1) if args.json else format_clusters(response))
+    return 0
+
+
+def _clusters_of_bundle(path: Path, top_items: int) -> Any:
+    """ListClusters' answer for a bundle folder, computed here by the same code."""
+    from server.bundle import load_bundle
+    from server.engine import RecommenderEngine
+    from server.service import list_clusters_response
+
+    return list_clusters_response(RecommenderEngine(load_bundle(path, device="cpu")), top_items)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from server.loadgen import LoadSpec, LoadSpecError, format_table, item_ids_from_bundle, sweep
 
@@ -507,6 +548,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _export,
     "serve": _serve,
     "query": _query,
+    "clusters": _list_clusters,
     "bench": _bench,
     "demo": _demo,
     "score": _score,

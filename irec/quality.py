@@ -200,6 +200,10 @@ class QualityRun:
         self.texts = render_items(items)
         self.titles = render_titles(items)
         self.terms = item_terms(list(items["categories"]), list(items["title"]))
+        # Descriptions also name decades; agreement with known structure uses genres.
+        self.cluster_terms = item_terms(
+            list(items["categories"]), list(items["title"]), list(items["year"])
+        )
         self.num_items = len(items)
         self.split = make_split(sequences)
         self.report["data"] = {
@@ -337,7 +341,13 @@ class QualityRun:
         unit = self.users / np.linalg.norm(self.users, axis=1, keepdims=True)
         item_unit = self.item_vectors / np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
         clustering = cluster_users(
-            unit, item_unit, s.test_histories, self.terms, cfg.train.clusters, cfg.seed
+            unit,
+            item_unit,
+            s.test_histories,
+            self.cluster_terms,
+            cfg.train.clusters,
+            cfg.seed,
+            self.titles,
         )
         genres = _dominant_terms(s.test_histories, self.terms)
         sample = min(len(unit), 3000)

@@ -42,6 +42,8 @@ class Cluster:
     size: int
     item_rows: np.ndarray
     index: hnswlib.Index
+    # Rows of the items that set the cluster apart, most first (empty in older bundles).
+    top_items: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,15 @@ def _read(path: Path, reader: Callable[[Path], T]) -> T:
         raise BundleError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from exc
 
 
-def _cluster_records(path: Path) -> list[tuple[str, int, np.ndarray]]:
-    """(description, size, item rows) per cluster from clusters.json."""
+def _cluster_records(path: Path) -> list[tuple[str, int, np.ndarray, tuple[int, ...]]]:
+    """(description, size, item rows, top items) per cluster from clusters.json."""
     return [
-        (str(r["description"]), int(r["size"]), np.asarray(r["item_rows"], dtype=np.int64))
+        (
+            str(r["description"]),
+            int(r["size"]),
+            np.asarray(r["item_rows"], dtype=np.int64),
+            tuple(int(row) for row in r.get("top_items", [])),
+        )
         for r in json.loads(path.read_text(encoding="utf-8"))["clusters"]
     ]
 
@@ -168,11 +175,15 @@ def load_bundle(path: Path, device: str = "auto", intra_op_threads: int = 0) -> 
             f"{clusters_path}: {len(cluster_records)} clusters, manifest says "
             f"{manifest.num_clusters}"
         )
-    for cluster_id, (description, size, rows) in enumerate(cluster_records):
+    for cluster_id, (description, size, rows, top_items) in enumerate(cluster_records):
         index = load_index(
             path / fmt.cluster_index_file(cluster_id), manifest.dimension, len(rows), manifest.hnsw
         )
-        clusters.append(Cluster(cluster_id, description, size, rows, index))
+        if any(not 0 <= row < manifest.num_items for row in top_items):
+            raise BundleError(
+                f"{clusters_path}: cluster {cluster_id} names a top item out of range"
+            )
+        clusters.append(Cluster(cluster_id, description, size, rows, index, top_items))
 
     encoders = {name: path / file for name, file in manifest.encoders.items()}
     tokenizer = _read(

@@ -177,6 +177,14 @@ class RecommenderClient(_ClientBase):
             pb.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self.metadata
         )
 
+    def clusters(self, top_items: int = 0) -> pb.ListClustersResponse:
+        """ListClusters."""
+        return self.stub.ListClusters(
+            pb.ListClustersRequest(top_items=top_items),
+            timeout=self.timeout_s,
+            metadata=self.metadata,
+        )
+
 
 class AsyncRecommenderClient(_ClientBase):
     """asyncio twin of RecommenderClient (grpc.aio channel, same retries and credentials)."""
@@ -207,6 +215,18 @@ class AsyncRecommenderClient(_ClientBase):
         return await self.stub.GetModelInfo(
             pb.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self.metadata
         )
+
+
+def format_clusters(response: pb.ListClustersResponse) -> str:
+    """One block per cluster: number, users, description, then its top items."""
+    lines = [f"bundle {response.bundle_version}: {len(response.clusters)} interest clusters"]
+    for c in response.clusters:
+        lines.append(
+            f"#{c.cluster_id:<3} {c.size:>6} users {c.num_items:>6} items  {c.description}"
+        )
+        for item in c.top_items:
+            lines.append(f"       {item.item_id:>10}  {item.title}")
+    return "\n".join(lines)
 
 
 def format_response(response: pb.RecommendResponse, indent: str = "  ") -> str:

@@ -88,6 +88,17 @@ class ScoredItem:
 
 
 @dataclass(frozen=True)
+class ClusterSummary:
+    """One interest cluster as ListClusters answers it."""
+
+    cluster_id: int
+    description: str
+    size: int
+    num_items: int
+    top_items: list[tuple[str, str]]  # (item_id, title), most characteristic first
+
+
+@dataclass(frozen=True)
 class Timing:
     """Milliseconds spent per stage of one request."""
 
@@ -133,6 +144,27 @@ class RecommenderEngine:
     def num_items(self) -> int:
         """Items that can be recommended now (after additions and removals)."""
         return len(self.bundle.items) - len(self.catalogue.removed)
+
+    def list_clusters(self, top_items: int = 0) -> list[ClusterSummary]:
+        """Every cluster with up to `top_items` of its top items (0 = all kept), live only."""
+        if top_items < 0:
+            raise InvalidArgument("top_items", f"{top_items} is negative (0 = all kept)")
+        removed = self.catalogue.removed
+        out = []
+        for c in self.bundle.clusters:
+            rows = [r for r in c.top_items if r not in removed]
+            if top_items:
+                rows = rows[:top_items]
+            out.append(
+                ClusterSummary(
+                    c.cluster_id,
+                    c.description,
+                    c.size,
+                    self.catalogue.live[f"cluster_{c.cluster_id}"],
+                    [(self.bundle.items[r].item_id, self.bundle.items[r].title) for r in rows],
+                )
+            )
+        return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of free texts [len(texts), dim]."""

@@ -9,7 +9,7 @@ A bundle is a folder::
     items.jsonl            one JSON object per item: id, title, text (row = index label)
     item_embeddings.npy    float32 [num_items, dim], L2-normalised
     centroids.npy          float32 [K, dim], L2-normalised cluster centroids
-    clusters.json          per cluster: id, description, size, item rows
+    clusters.json          per cluster: id, description, size, item rows, top items (rows)
     index/all.hnsw         HNSW (inner product) over all items
     index/cluster_<k>.hnsw HNSW over the items of cluster k
     user_head.onnx         optional sequence head: history → user vector (see SequenceHeadSpec)

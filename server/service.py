@@ -13,7 +13,7 @@ import grpc
 
 from server.catalogue import NewItem
 from server.dispatch import Dispatcher, Embedded, Recommended
-from server.engine import RecommendQuery, RetrievalMode
+from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.errors import grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -185,6 +185,32 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             max_sequence_length=manifest.max_sequence_length,
             created_at=manifest.created_at,
         )
+
+    async def ListClusters(  # noqa: N802
+        self, request: pb.ListClustersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListClustersResponse:
+        """Every interest cluster with its description, size and top items."""
+        return await unary(self._list_clusters(request.top_items), context)
+
+    async def _list_clusters(self, top_items: int) -> pb.ListClustersResponse:
+        return list_clusters_response(self.dispatch.current().engine, top_items)
+
+
+def list_clusters_response(engine: RecommenderEngine, top_items: int) -> pb.ListClustersResponse:
+    """ListClusters' answer from an engine (the server's, or `irec clusters --bundle`'s)."""
+    return pb.ListClustersResponse(
+        bundle_version=engine.bundle.manifest.bundle_version,
+        clusters=[
+            pb.ClusterInfo(
+                cluster_id=c.cluster_id,
+                description=c.description,
+                size=c.size,
+                num_items=c.num_items,
+                top_items=[pb.ClusterItem(item_id=i, title=t) for i, t in c.top_items],
+            )
+            for c in engine.list_clusters(top_items)
+        ],
+    )
 
 
 class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -17,9 +19,15 @@ SILHOUETTE_SAMPLE = 3000
 # Items consumed most by a cluster's members join its index (besides the items
 # nearest its centroid), so cluster search covers what the cluster really takes.
 POPULAR_ITEMS_PER_CLUSTER = 100
-# A secondary term joins a cluster's description only above this share of the
-# cluster's interactions (else a one-interest cluster gets noise for terms 2-3).
-MIN_TERM_SHARE = 0.15
+# A secondary term joins a cluster's description only if it sets the cluster apart at
+# least this fraction as much as the first term does (else it is noise or everywhere).
+MIN_TERM_SCORE_RATIO = 1 / 3
+# Example titles in a description (more when two clusters would read the same), and
+# characteristic items kept per cluster (ListClusters, `irec clusters`).
+EXAMPLE_TITLES = 3
+TOP_ITEMS_PER_CLUSTER = 10
+OLDEST_DECADE = 1970  # older items share one term (each earlier decade alone is thin)
+Key = TypeVar("Key", bound=Hashable)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = {"the", "and", "of", "for", "with", "from", "into", "a", "an", "in", "on"}
 
@@ -34,6 +42,8 @@ class Clustering:
     item_rows: list[list[int]]
     silhouette: float
     k_scores: dict[int, float]
+    # Per cluster, the items that set it apart (characteristic(); most first).
+    top_items: list[list[int]] = field(default_factory=list)
 
     @property
     def sizes(self) -> list[int]:
@@ -62,46 +72,113 @@ def choose_k(
     return scores
 
 
+def characteristic(
+    labels: np.ndarray,
+    user_items: Sequence[Sequence[int]],
+    keys_of: Callable[[int], Sequence[Key]],
+    num_clusters: int,
+    top: int,
+) -> list[list[tuple[Key, float, float]]]:
+    """Per cluster, the keys (terms, items) that set it apart from the whole population.
+
+    Each user weighs 1 (spread over their items). A key's score in a cluster is its
+    share there × log2(its lift over all users): its term in the KL divergence of the
+    cluster from the population, so a key common everywhere (Drama on MovieLens) scores
+    about 0 however frequent, and a rare one little however concentrated. Returns
+    (key, score, share in the cluster) for the `top` keys with a positive score.
+    """
+    overall: defaultdict[Key, float] = defaultdict(float)
+    per_cluster: list[defaultdict[Key, float]] = [defaultdict(float) for _ in range(num_clusters)]
+    for label, items in zip(labels, user_items, strict=True):
+        if not len(items):
+            continue
+        weight = 1.0 / len(items)
+        for row in items:
+            for key in keys_of(int(row)):
+                per_cluster[int(label)][key] += weight
+                overall[key] += weight
+    total = sum(overall.values()) or 1.0
+    out = []
+    for counts in per_cluster:
+        mass = sum(counts.values()) or 1.0
+        scored = []
+        for key, count in counts.items():
+            share = count / mass
+            lift = share / (overall[key] / total)
+            if lift > 1:
+                scored.append((key, share * math.log2(lift), share))
+        scored.sort(key=lambda t: (-t[1], str(t[0])))
+        out.append(scored[:top])
+    return out
+
+
 def describe(
     labels: np.ndarray,
     user_items: Sequence[Sequence[int]],
     item_terms: Sequence[Sequence[str]],
     num_clusters: int,
     top: int = 3,
+    titles: Sequence[str] | None = None,
+    top_items: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
-    """Each cluster's most characteristic terms: share within the cluster × lift over all users."""
-    overall: dict[str, float] = {}
-    per_cluster: list[dict[str, float]] = [{} for _ in range(num_clusters)]
-    for label, items in zip(labels, user_items, strict=True):
-        if not items:
-            continue
-        weight = 1.0 / len(items)
-        for row in items:
-            for term in item_terms[row]:
-                counts = per_cluster[int(label)]
-                counts[term] = counts.get(term, 0.0) + weight
-                overall[term] = overall.get(term, 0.0) + weight
-    total = sum(overall.values()) or 1.0
+    """One readable, distinct line per cluster: what sets it apart, and example titles.
+
+    Terms (categories, else title words; decades) ranked by `characteristic`; the first
+    always, the others only above MIN_TERM_SCORE_RATIO of the first's score. With `titles`
+    and `top_items` (each cluster's characteristic item rows), the first example titles
+    follow ("Sci-Fi, Action: Star Wars, Alien, Terminator"), as many as needed to tell
+    two clusters apart; a description still shared gets the cluster's number.
+    """
+    ranked = characteristic(labels, user_items, lambda r: item_terms[r], num_clusters, top)
     descriptions = []
-    for counts in per_cluster:
-        mass = sum(counts.values()) or 1.0
-        scored = sorted(
-            counts,
-            key=lambda t: -(counts[t] / mass) * (counts[t] / mass) / (overall[t] / total),
-        )
-        # The top term always; others only if they carry a real share of the cluster.
-        kept = [
-            t for i, t in enumerate(scored[:top]) if i == 0 or counts[t] / mass >= MIN_TERM_SHARE
-        ]
-        descriptions.append(", ".join(kept) if kept else "(empty)")
-    return descriptions
+    examples: list[list[str]] = []
+    for c, terms in enumerate(ranked):
+        kept = [str(t) for t, score, _ in terms if score >= MIN_TERM_SCORE_RATIO * terms[0][1]]
+        descriptions.append(", ".join(kept) if kept else "broad taste")
+        rows = top_items[c] if top_items is not None else []
+        examples.append([titles[r] for r in rows] if titles is not None else [])
+    shown = dict.fromkeys(range(num_clusters), 0)
+    for c in shown:
+        shown[c] = min(EXAMPLE_TITLES, len(examples[c]))
+    for _ in range(max((len(e) for e in examples), default=0) + 1):
+        lines = [_line(descriptions[c], examples[c][: shown[c]]) for c in range(num_clusters)]
+        repeated = {line for line in lines if lines.count(line) > 1}
+        if not repeated:
+            return lines
+        for c in range(num_clusters):
+            if lines[c] in repeated and shown[c] < len(examples[c]):
+                shown[c] += 1
+    lines = [_line(descriptions[c], examples[c][: shown[c]]) for c in range(num_clusters)]
+    return [f"{line} (#{c})" if lines.count(line) > 1 else line for c, line in enumerate(lines)]
 
 
-def item_terms(categories: Sequence[Sequence[str]], titles: Sequence[str]) -> list[list[str]]:
-    """Categories where the catalogue has them, else content words of the title."""
+def _line(terms: str, titles: Sequence[str]) -> str:
+    return f"{terms}: {', '.join(titles)}" if titles else terms
+
+
+def item_terms(
+    categories: Sequence[Sequence[str]],
+    titles: Sequence[str],
+    years: Sequence[object] | None = None,
+) -> list[list[str]]:
+    """Categories where the catalogue has them, else content words of the title.
+
+    With `years`, each dated item also gets its decade ("1990s", or "before 1970"): on
+    MovieLens, taste for classics or for new releases sets clusters apart as much as genre.
+    """
     if any(categories):
-        return [list(c) for c in categories]
-    return [[w.lower() for w in _WORD.findall(t) if w.lower() not in _STOPWORDS] for t in titles]
+        terms = [list(c) for c in categories]
+    else:
+        terms = [
+            [w.lower() for w in _WORD.findall(t) if w.lower() not in _STOPWORDS] for t in titles
+        ]
+    for row, year in enumerate(years if years is not None else []):
+        if isinstance(year, int | float | np.integer | np.floating) and year == year and year > 0:
+            decade = int(year) // 10 * 10
+            terms[row].append(
+                f"{decade}s" if decade >= OLDEST_DECADE else f"before {OLDEST_DECADE}"
+            )
+    return terms
 
 
 def cluster_users(
@@ -111,8 +188,12 @@ def cluster_users(
     terms: Sequence[Sequence[str]],
     k: int | None,
     seed: int,
+    titles: Sequence[str] | None = None,
 ) -> Clustering:
-    """K-Means on unit user embeddings (K given or by silhouette), descriptions, item sets."""
+    """K-Means on unit user embeddings (K given or by silhouette), descriptions, item sets.
+
+    `titles` (item rows' titles) give each description its example titles.
+    """
     k_scores: dict[int, float] = {}
     if k is None:
         k_scores = choose_k(user_embeddings, seed)
@@ -137,7 +218,14 @@ def cluster_users(
         else 0.0
     )
     return describe_clustering(
-        model.cluster_centers_, labels, item_embeddings, user_items, terms, silhouette, k_scores
+        model.cluster_centers_,
+        labels,
+        item_embeddings,
+        user_items,
+        terms,
+        silhouette,
+        k_scores,
+        titles,
     )
 
 
@@ -149,6 +237,7 @@ def describe_clustering(
     terms: Sequence[Sequence[str]],
     silhouette: float,
     k_scores: dict[int, float],
+    titles: Sequence[str] | None = None,
 ) -> Clustering:
     """Unit centroids, each cluster's item set and description, from a fitted clustering."""
     k = len(centers)
@@ -162,11 +251,16 @@ def describe_clustering(
                 counts.update(items)
         popular = {row for row, _ in counts.most_common(POPULAR_ITEMS_PER_CLUSTER)}
         item_rows.append(sorted(popular | set(np.flatnonzero(nearest == c).tolist())))
+    top_items = [
+        [int(row) for row, _, _ in ranked]
+        for ranked in characteristic(labels, user_items, lambda r: (r,), k, TOP_ITEMS_PER_CLUSTER)
+    ]
     return Clustering(
         centroids=centroids,
         labels=labels,
-        descriptions=describe(labels, user_items, terms, k),
+        descriptions=describe(labels, user_items, terms, k, titles=titles, top_items=top_items),
         item_rows=item_rows,
         silhouette=silhouette,
         k_scores=k_scores,
+        top_items=top_items,
     )

@@ -179,6 +179,7 @@ def cluster_dataset(
     terms: Sequence[Sequence[str]],
     k: int | None,
     seed: int,
+    titles: Sequence[str] | None = None,
 ) -> Clustering:
     """Streaming K-Means over a (row, embedding) dataset; see the module docstring."""
     count = users.count()
@@ -209,7 +210,14 @@ def cluster_dataset(
         else 0.0
     )
     return describe_clustering(
-        model.cluster_centers_, labels, item_embeddings, user_items, terms, silhouette, k_scores
+        model.cluster_centers_,
+        labels,
+        item_embeddings,
+        user_items,
+        terms,
+        silhouette,
+        k_scores,
+        titles,
     )
 
 
@@ -376,10 +384,11 @@ class RayBackend:
         terms: Sequence[Sequence[str]],
         k: int | None,
         seed: int,
+        titles: Sequence[str] | None = None,
     ) -> Clustering:
         """Streaming clustering over the users' Ray dataset (the one embed just made)."""
         if self._last is not None and self._last[0] is user_embeddings:
             users = self._last[1]
         else:
             users = vector_dataset(user_embeddings, blocks=2 * self.workers)
-        return cluster_dataset(users, item_embeddings, user_items, terms, k, seed)
+        return cluster_dataset(users, item_embeddings, user_items, terms, k, seed, titles)

@@ -186,8 +186,9 @@ class TrainingBackend(Protocol):
         terms: list[list[str]],
         k: int | None,
         seed: int,
+        titles: list[str] | None = None,
     ) -> Clustering:
-        """Users' clusters."""
+        """Users' clusters (`titles`: item titles for the descriptions' examples)."""
 
 
 class LocalBackend:
@@ -498,7 +499,7 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
     with timer.stage("cluster users"):
         user_vectors = model.user_vectors(sequences, texts)
         item_vectors = model.item_vectors()
-        terms = item_terms(list(items["categories"]), list(items["title"]))
+        terms = item_terms(list(items["categories"]), list(items["title"]), list(items["year"]))
         clustering = backend.cluster(
             unit_rows(user_vectors),
             unit_rows(item_vectors),
@@ -506,6 +507,7 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             terms,
             config.clusters,
             config.seed,
+            render_titles(items),
         )
         print(
             f"[train] {len(clustering.centroids)} clusters, silhouette {clustering.silhouette:.3f}",

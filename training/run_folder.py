@@ -10,7 +10,8 @@ A run folder::
     user_embeddings.npy  float32 [users, dim] (full histories), optional for export
     users.json           user IDs in row order, and each user's cluster
     centroids.npy        float32 [K, dim], unit rows
-    clusters.json        silhouette, K scores, and per cluster: id, description, size, item rows
+    clusters.json        silhouette, K scores, and per cluster: id, description, size, item rows,
+                         top items (rows of the items that set it apart)
     head.pt, head.json   optional sequence head: weights and HeadConfig
     tensorboard/         optional: training curves as TensorBoard event files
 
@@ -96,7 +97,7 @@ class RunFolder:
         return np.load(self.path / CENTROIDS_FILE).astype(np.float32)
 
     def clusters(self) -> list[dict[str, Any]]:
-        """Per cluster: id, description, size, item_rows."""
+        """Per cluster: id, description, size, item_rows, top_items (rows; may be absent)."""
         return list(json.loads((self.path / CLUSTERS_FILE).read_text())["clusters"])
 
     @property
@@ -169,7 +170,13 @@ def write_run(
                 "silhouette": clustering.silhouette,
                 "k_scores": clustering.k_scores,
                 "clusters": [
-                    {"id": c, "description": d, "size": s, "item_rows": rows}
+                    {
+                        "id": c,
+                        "description": d,
+                        "size": s,
+                        "item_rows": rows,
+                        "top_items": clustering.top_items[c] if clustering.top_items else [],
+                    }
                     for c, (d, s, rows) in enumerate(
                         zip(
                             clustering.descriptions,

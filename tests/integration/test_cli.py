@@ -63,6 +63,21 @@ def test_query_unary_and_stream(served, tmp_path):
     assert "history_item_ids" in answers["bad"]["error"]["message"]
 
 
+def test_clusters_from_a_live_server_and_from_the_bundle(served, bundle_dir):
+    target, _ = served
+    live = irec("clusters", "--target", target, "--top-items", "2")
+    assert live.returncode == 0, live.stderr
+    offline = irec("clusters", "--bundle", str(bundle_dir), "--top-items", "2")
+    assert offline.returncode == 0, offline.stderr
+    assert live.stdout == offline.stdout
+    lines = live.stdout.splitlines()
+    assert lines[0].endswith("12 interest clusters") and len(lines) == 1 + 12 * 3
+    as_json = json.loads(irec("clusters", "--target", target, "--json").stdout)
+    assert len(as_json["clusters"]) == 12 and all(c["topItems"] for c in as_json["clusters"])
+    bad = irec("clusters", "--bundle", str(bundle_dir), "--top-items", "-1")
+    assert bad.returncode == 2 and "--top-items -1" in bad.stderr
+
+
 def test_query_error_is_one_clear_line(served):
     target, _ = served
     result = irec("query", "--target", target, "--history", "ghost")

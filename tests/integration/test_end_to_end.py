@@ -142,6 +142,32 @@ def test_model_info(stub):
     assert sum(c.size for c in info.clusters) == 600
 
 
+def test_list_clusters_reads_apart_and_names_its_top_items(stub, category_of):
+    listed = stub.ListClusters(pb.ListClustersRequest(top_items=3), timeout=30)
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+    assert listed.bundle_version == info.bundle_version and len(listed.clusters) == 12
+    descriptions = [c.description for c in listed.clusters]
+    assert len(set(descriptions)) == 12, descriptions
+    assert [c.size for c in listed.clusters] == [c.size for c in info.clusters]
+    for cluster in listed.clusters:
+        assert len(cluster.top_items) == 3
+        # Demo data: a cluster's description starts with a category, and its top items
+        # are mostly of a category the description names.
+        named = [
+            category_of[item.item_id]
+            for item in cluster.top_items
+            if category_of[item.item_id] in cluster.description
+        ]
+        assert len(named) >= 2, (cluster.description, [i.title for i in cluster.top_items])
+        assert all(item.title for item in cluster.top_items)
+    every = stub.ListClusters(pb.ListClustersRequest(), timeout=30)
+    assert all(len(c.top_items) == 10 for c in every.clusters)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ListClusters(pb.ListClustersRequest(top_items=-1), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "top_items" in error.value.details()
+
+
 def test_health_and_reflection(live_server):
     with grpc.insecure_channel(live_server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)

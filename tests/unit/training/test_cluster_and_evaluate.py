@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.cluster import cluster_users, describe
+from training.cluster import characteristic, cluster_users, describe, item_terms
 from training.evaluate import rank_metrics
 from training.finetune import in_batch_loss
 
@@ -40,6 +40,40 @@ def test_describe_prefers_characteristic_terms():
     user_items = [[0, 1], [0, 2], [1, 3], [1, 3]]
     terms = [["jazz"], ["common"], ["jazz"], ["horror"]]
     assert describe(labels, user_items, terms, 2, top=1) == ["jazz", "horror"]
+
+
+def test_a_term_common_everywhere_never_describes_a_cluster():
+    # "drama" is the most frequent term in both clusters but has no lift in either.
+    labels = np.array([0, 0, 1, 1])
+    user_items = [[0, 1], [0, 1], [0, 2], [0, 2]]
+    terms = [["drama"], ["war"], ["romance"]]
+    ranked = characteristic(labels, user_items, lambda r: terms[r], 2, top=3)
+    assert [[t for t, _, _ in c] for c in ranked] == [["war"], ["romance"]]
+    assert describe(labels, user_items, terms, 2) == ["war", "romance"]
+
+
+def test_clusters_with_the_same_terms_are_told_apart_by_their_titles():
+    # Clusters 0 and 1 both read "jazz"; their characteristic items differ.
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    user_items = [[0, 1], [0, 1], [2, 3], [2, 3], [4], [4]]
+    terms = [["jazz"], ["jazz"], ["jazz"], ["jazz"], ["horror"]]
+    titles = ["Blue Train", "Kind of Blue", "Time Out", "Take Five", "Psycho"]
+    top = [[r for r, _, _ in c] for c in characteristic(labels, user_items, lambda r: (r,), 3, 5)]
+    assert sorted(top[0]) == [0, 1] and sorted(top[1]) == [2, 3] and top[2] == [4]
+    lines = describe(labels, user_items, terms, 3, titles=titles, top_items=top)
+    assert len(set(lines)) == 3
+    assert lines[0].startswith("jazz: ") and "Blue Train" in lines[0] and "Time Out" in lines[1]
+    # Without titles, the repeated description gets the cluster's number.
+    assert describe(labels, user_items, terms, 3) == ["jazz (#0)", "jazz (#1)", "horror"]
+
+
+def test_item_terms_add_decades_when_years_are_known():
+    terms = item_terms([["Drama"], ["Comedy"], []], ["A", "B", "C"], [1994, None, 1955])
+    assert terms == [["Drama", "1990s"], ["Comedy"], ["before 1970"]]
+    assert item_terms([[], []], ["The Blue Train", "Kind of Blue"]) == [
+        ["blue", "train"],
+        ["kind", "blue"],
+    ]
 
 
 def test_rank_metrics_by_hand():

@@ -183,16 +183,40 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_id", "description", "size", "num_items")
+    __slots__ = ("cluster_id", "description", "size", "num_items", "top_items")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOP_ITEMS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: int
     description: str
     size: int
     num_items: int
-    def __init__(self, cluster_id: _Optional[int] = ..., description: _Optional[str] = ..., size: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
+    top_items: _containers.RepeatedCompositeFieldContainer[ClusterItem]
+    def __init__(self, cluster_id: _Optional[int] = ..., description: _Optional[str] = ..., size: _Optional[int] = ..., num_items: _Optional[int] = ..., top_items: _Optional[_Iterable[_Union[ClusterItem, _Mapping]]] = ...) -> None: ...
+
+class ClusterItem(_message.Message):
+    __slots__ = ("item_id", "title")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+
+class ListClustersRequest(_message.Message):
+    __slots__ = ("top_items",)
+    TOP_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    top_items: int
+    def __init__(self, top_items: _Optional[int] = ...) -> None: ...
+
+class ListClustersResponse(_message.Message):
+    __slots__ = ("bundle_version", "clusters")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    clusters: _containers.RepeatedCompositeFieldContainer[ClusterInfo]
+    def __init__(self, bundle_version: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("bundle_version", "model_name", "dimension", "num_items", "clusters", "quantization", "providers", "max_k", "max_sequence_length", "created_at", "encoder_variant")

@@ -60,6 +60,11 @@ class RecommenderServiceStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListClusters = channel.unary_unary(
+                '/recsys.v1.RecommenderService/ListClusters',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.ListClustersRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.ListClustersResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -103,6 +108,13 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListClusters(self, request, context):
+        """Every interest cluster: what sets it apart, its size and its top items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +142,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClusters,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.ListClustersRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.ListClustersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +285,33 @@ class RecommenderService:
             '/recsys.v1.RecommenderService/GetModelInfo',
             recsys_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RecommenderService/ListClusters',
+            recsys_dot_v1_dot_recommender__pb2.ListClustersRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.ListClustersResponse.FromString,
             options,
             channel_credentials,
             insecure,
