@@ -369,6 +369,9 @@ class QualityRun:
             "ari_vs_dominant_genre": float(adjusted_rand_score(genres, clustering.labels)),
             "sizes": clustering.sizes,
             "descriptions": clustering.descriptions,
+            "method": clustering.method,
+            "choice": clustering.choice,
+            "comparison": clustering.comparison,
         }
         self.report["embedding_2d"] = _project_2d(unit, clustering.labels, cfg.seed)
         # The default retrieval mode is chosen on validation (each user's second-to-last

@@ -225,12 +225,34 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "## Clusters",
             "",
-            f"K = {clusters['k']} (silhouette over 4..16: "
-            + ", ".join(f"{k}: {v:.3f}" for k, v in clusters["k_scores"].items())
-            + f"). Silhouette (cosine) {clusters['silhouette']:.3f}, Davies–Bouldin "
+            (
+                f"Chosen by measure: {clusters['choice']}"
+                if clusters.get("choice")
+                else f"{clusters.get('method', 'k-means')}, K = {clusters['k']}"
+            )
+            + f". Silhouette (cosine) {clusters['silhouette']:.3f}, Davies–Bouldin "
             f"{clusters['davies_bouldin']:.3f}, NMI vs dominant genre "
             f"{clusters['nmi_vs_dominant_genre']:.3f}, "
             f"ARI {clusters['ari_vs_dominant_genre']:.3f}.",
+        ]
+        if clusters.get("comparison"):
+            lines += [
+                "",
+                "Clusterings compared on the same user vectors (stability: adjusted Rand index "
+                "between two overlapping 80% subsamples fitted with different seeds):",
+                "",
+                "| method | K | silhouette ↑ | Davies–Bouldin ↓ | stability ARI ↑ "
+                "| NMI vs genre ↑ |",
+                "|---|---|---|---|---|---|",
+            ]
+            for row in clusters["comparison"]:
+                nmi = row["nmi_known"]
+                lines.append(
+                    f"| {row['method']} | {row['k']} | {row['silhouette']:.3f} | "
+                    f"{row['davies_bouldin']:.3f} | {row['stability_ari']:.3f} | "
+                    + (f"{nmi:.3f} |" if nmi is not None else "– |")
+                )
+        lines += [
             "",
             "| cluster | users | description |",
             "|---|---|---|",

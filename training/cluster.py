@@ -6,12 +6,14 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
+
+from training.cluster_choice import ClusteringScore, choose, compare_clusterings, fit_labels
 
 # Range searched when K is chosen automatically, and the users sampled to score it.
 AUTO_K_RANGE = range(4, 17)
@@ -44,6 +46,10 @@ class Clustering:
     k_scores: dict[int, float]
     # Per cluster, the items that set it apart (characteristic(); most first).
     top_items: list[list[int]] = field(default_factory=list)
+    # How the grouping was chosen (training/cluster_choice.py): method, why, every try.
+    method: str = "k-means"
+    choice: str = ""
+    comparison: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def sizes(self) -> list[int]:
@@ -190,20 +196,40 @@ def cluster_users(
     seed: int,
     titles: Sequence[str] | None = None,
 ) -> Clustering:
-    """K-Means on unit user embeddings (K given or by silhouette), descriptions, item sets.
+    """Users' interest groups on unit user embeddings, descriptions, item sets.
 
+    The method (K-Means, Gaussian mixture, Ward) and, unless given, K are chosen by
+    measure (training/cluster_choice.py: silhouette among the configurations stable
+    across seeds); the comparison is kept in the result. Serving assigns by nearest
+    centroid, so the groups become centroids (K-Means' own, else the groups' means).
     `titles` (item rows' titles) give each description its example titles.
     """
-    k_scores: dict[int, float] = {}
-    if k is None:
-        k_scores = choose_k(user_embeddings, seed)
-        if not k_scores:
-            raise ValueError("too few users to choose K automatically; pass --clusters")
-        k = max(k_scores, key=lambda c: k_scores[c])
-    if k < 1 or k > len(user_embeddings):
+    if k is not None and not 1 <= k <= len(user_embeddings):
         raise ValueError(f"--clusters {k}: need 1..{len(user_embeddings)} (number of users)")
-    model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(user_embeddings)
-    labels = model.labels_.astype(np.int64)
+    candidates = [k] if k is not None else [c for c in AUTO_K_RANGE if c < len(user_embeddings)]
+    if not candidates:
+        raise ValueError("too few users to choose K automatically; pass --clusters")
+    comparison: list[ClusteringScore] = []
+    method = "k-means"
+    if candidates != [1]:
+        comparison = compare_clusterings(
+            user_embeddings, candidates, seed, known=_dominant(user_items, terms)
+        )
+        chosen, reason = choose(comparison)
+        method, k = chosen.method, chosen.k
+    else:
+        k, reason = 1, "one cluster asked for"
+    assert k is not None
+    k_scores = {s.k: s.silhouette for s in comparison if s.method == method and len(candidates) > 1}
+    if method == "k-means":
+        model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(user_embeddings)
+        labels, centers = model.labels_.astype(np.int64), model.cluster_centers_
+    else:
+        # A mixture component can end up empty: groups are renumbered 0..K-1.
+        _, labels = np.unique(fit_labels(method, user_embeddings, k, seed), return_inverse=True)
+        labels = labels.astype(np.int64)
+        k = int(labels.max()) + 1
+        centers = np.stack([user_embeddings[labels == c].mean(axis=0) for c in range(k)])
     silhouette = (
         float(
             silhouette_score(
@@ -217,16 +243,21 @@ def cluster_users(
         if 1 < k < len(user_embeddings)
         else 0.0
     )
-    return describe_clustering(
-        model.cluster_centers_,
-        labels,
-        item_embeddings,
-        user_items,
-        terms,
-        silhouette,
-        k_scores,
-        titles,
+    clustering = describe_clustering(
+        centers, labels, item_embeddings, user_items, terms, silhouette, k_scores, titles
     )
+    return replace(
+        clustering, method=method, choice=reason, comparison=[asdict(s) for s in comparison]
+    )
+
+
+def _dominant(user_items: Sequence[Sequence[int]], terms: Sequence[Sequence[str]]) -> np.ndarray:
+    """Each user's most frequent term (known structure to compare groups with)."""
+    out = []
+    for items in user_items:
+        counts = Counter(t for row in items for t in terms[row])
+        out.append(counts.most_common(1)[0][0] if counts else "")
+    return np.asarray(out)
 
 
 def describe_clustering(

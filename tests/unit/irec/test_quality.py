@@ -65,6 +65,11 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     clusters = report["clusters"]
     assert sum(clusters["sizes"]) == 1000 and -1 <= clusters["silhouette"] <= 1
     assert 0 <= clusters["nmi_vs_dominant_genre"] <= 1
+    # The grouping was chosen among methods and K by measure, and the report says why.
+    tried = {(row["method"], row["k"]) for row in clusters["comparison"]}
+    assert (clusters["method"], clusters["k"]) in tried and len(tried) >= 3 * 13
+    assert f"K={clusters['k']}" in clusters["choice"]
+    assert len(set(clusters["descriptions"])) == len(clusters["descriptions"])
     assert report["tracks"]["cold"]["held_out_items"] == 54
     assert set(report["timings_s"]) >= {
         "baselines",
@@ -74,6 +79,7 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     }
     markdown = (out / "report.md").read_text()
     assert "Retrieval modes" in markdown and "Cold items" in markdown and "SASRec+" in markdown
+    assert "Clusterings compared" in markdown
     assert (out / "tensorboard" / "seed-0").is_dir() and (out / "tensorboard" / "cold").is_dir()
 
 
