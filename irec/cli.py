@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--clusters", type=int, default=0, help="clusters to return (0 = server default)")
     a.add("--include-seen", action="store_true", help="also return items in the history")
     a.add(
+        "--interests",
+        type=int,
+        default=0,
+        help="also answer per interest (up to 5; head bundles): items is then their merge",
+    )
+    a.add(
         "--stream",
         type=Path,
         help="file of requests (JSON or comma-separated IDs per line) sent over RecommendStream",
@@ -426,7 +432,14 @@ def _query(args: argparse.Namespace) -> int:
             return 0
         ids = [i.strip() for i in args.history.split(",") if i.strip()]
         request = make_request(
-            ids, args.text or [], args.k, "cli", args.mode, args.clusters, args.include_seen
+            ids,
+            args.text or [],
+            args.k,
+            "cli",
+            args.mode,
+            args.clusters,
+            args.include_seen,
+            args.interests,
         )
         show(client.recommend(request), f"history {','.join(ids) or '-'}:")
     return 0

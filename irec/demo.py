@@ -17,6 +17,7 @@ from pathlib import Path
 from export.bundle_writer import export_run
 from irec.server_process import ServerStartError, spawn_server
 from server.client import RecommenderClient, format_response, make_request
+from server.manifest import read_manifest
 from training.demo_data import generate_demo
 from training.run import EncoderConfig, TrainConfig, train
 from training.sequence_head import HeadConfig
@@ -112,10 +113,18 @@ def run_demo(config: DemoConfig) -> int:
 
             _banner("4/4 query: unary Recommend per demo user, then one RecommendStream")
             users = _pick_users(config.users)
+            # Users with several interests are answered per interest (needs the head).
+            has_head = read_manifest(bundle).sequence_head is not None
             for user, items, cats in users:
                 mix = ", ".join(f"{c} ×{n}" for c, n in Counter(cats).most_common())
-                print(f"\nuser {user}: {len(items)} items ({mix})")
-                response = client.recommend(make_request(items, k=5, request_id=f"user-{user}"))
+                interests = len(set(cats)) if has_head and len(set(cats)) > 1 else 0
+                print(
+                    f"\nuser {user}: {len(items)} items ({mix})"
+                    + (f", asked for {interests} interests" if interests else "")
+                )
+                response = client.recommend(
+                    make_request(items, k=6, request_id=f"user-{user}", num_interests=interests)
+                )
                 print(format_response(response))
 
             requests = [make_request(items, k=3, request_id=f"user-{u}") for u, items, _ in users]

@@ -32,6 +32,7 @@ def make_request(
     mode: str = "default",
     num_clusters: int = 0,
     include_seen_items: bool = False,
+    num_interests: int = 0,
 ) -> pb.RecommendRequest:
     """A RecommendRequest from plain values."""
     return pb.RecommendRequest(
@@ -42,6 +43,7 @@ def make_request(
         mode=MODES[mode],
         num_clusters=num_clusters,
         include_seen_items=include_seen_items,
+        num_interests=num_interests,
     )
 
 
@@ -242,6 +244,14 @@ def format_response(response: pb.RecommendResponse, indent: str = "  ") -> str:
     lines.append(f"{indent}top items:")
     for rank, item in enumerate(response.items, start=1):
         lines.append(f"{indent}  {rank:>2}. {item.score:6.3f}  {item.title}  [id {item.item_id}]")
+    for interest in response.interests:
+        lines.append(
+            f"{indent}interest #{interest.cluster_id} (weight {interest.weight:.2f}) "
+            f"{interest.description}"
+        )
+        lines.append(f"{indent}  because you took: {', '.join(interest.because_item_ids[:5])}")
+        for item in interest.items:
+            lines.append(f"{indent}    {item.score:6.3f}  {item.title}  [id {item.item_id}]")
     if response.unknown_item_ids:
         lines.append(f"{indent}unknown item IDs skipped: {', '.join(response.unknown_item_ids)}")
     t = response.timing

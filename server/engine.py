@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 
 import hnswlib
@@ -19,6 +20,7 @@ from server.bundle import Bundle
 from server.catalogue import Catalogue
 from server.config import ServerConfig
 from server.errors import InvalidArgument
+from server.interests import MAX_INTERESTS, InterestGroup, group_history, split_budget
 from server.manifest import render_history
 
 DEFAULT_K = 10
@@ -53,6 +55,8 @@ class RecommendQuery:
     include_seen_items: bool = False
     mode: RetrievalMode | None = None
     num_clusters: int = 0
+    # Per-interest answers (server/interests.py): 0 = none, the single user vector only.
+    num_interests: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class PreparedQuery:
     mode: RetrievalMode
     unknown_item_ids: list[str]
     cost: int
+    interests: tuple[InterestGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,17 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Interest:
+    """One of a user's interests: its group, weight, items, and the history behind it."""
+
+    cluster_id: int
+    description: str
+    weight: float
+    items: list[ScoredItem]
+    because_item_ids: list[str]  # the history items of this interest, most recent first
+
+
+@dataclass(frozen=True)
 class Recommendation:
     """The answer to one RecommendQuery."""
 
@@ -115,6 +131,7 @@ class Recommendation:
     unknown_item_ids: list[str]
     bundle_version: str
     timing: Timing = field(default_factory=Timing)
+    interests: list[Interest] = field(default_factory=list)
 
 
 def _check_texts(name: str, texts: Sequence[str], limits: Limits) -> None:
@@ -139,6 +156,12 @@ class RecommenderEngine:
         self.limits = limits or Limits()
         self.max_k = min(self.limits.max_k, len(bundle.items))
         self.default_mode = RetrievalMode(bundle.manifest.default_retrieval_mode)
+
+    @cached_property
+    def item_unit(self) -> np.ndarray:
+        """Unit item vectors of the bundle's items (built on the first interests query)."""
+        vectors = self.bundle.item_embeddings
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     @property
     def num_items(self) -> int:
@@ -189,7 +212,10 @@ class RecommenderEngine:
         prepared = self.prepare(query)
         started = time.perf_counter()
         (user,) = self.user_vectors([prepared])
-        return self.finish(prepared, user, encode_ms=(time.perf_counter() - started) * 1e3)
+        (interests,) = self.interest_vectors([prepared])
+        return self.finish(
+            prepared, user, encode_ms=(time.perf_counter() - started) * 1e3, interests=interests
+        )
 
     def prepare(self, query: RecommendQuery) -> PreparedQuery:
         """Validate a query and resolve its history; cheap, raises InvalidArgument."""
@@ -197,6 +223,16 @@ class RecommenderEngine:
         num_clusters = self._resolve_num_clusters(query.num_clusters)
         rows, unknown = self._resolve_history(query)
         texts = [t for t in query.history_texts if t.strip()]
+        interests: tuple[InterestGroup, ...] = ()
+        if query.num_interests:
+            interests = tuple(
+                group_history(
+                    rows,
+                    self.item_unit,
+                    self.bundle.centroids,
+                    self._resolve_num_interests(query.num_interests),
+                )
+            )
         return PreparedQuery(
             rows=rows,
             texts=texts,
@@ -206,6 +242,7 @@ class RecommenderEngine:
             mode=query.mode or self.default_mode,
             unknown_item_ids=unknown,
             cost=self._cost(rows, texts),
+            interests=interests,
         )
 
     def _cost(self, rows: Sequence[int], texts: Sequence[str]) -> int:
@@ -223,8 +260,12 @@ class RecommenderEngine:
         """
         started = time.perf_counter()
         users = self.user_vectors(queries)
+        interests = self.interest_vectors(queries)
         encode_ms = (time.perf_counter() - started) * 1e3
-        return [self.finish(q, u, encode_ms) for q, u in zip(queries, users, strict=True)]
+        return [
+            self.finish(q, u, encode_ms, i)
+            for q, u, i in zip(queries, users, interests, strict=True)
+        ]
 
     def take_tokenize_ms(self) -> float:
         """Tokenizing ms of this thread's encoder runs since the last call."""
@@ -247,10 +288,36 @@ class RecommenderEngine:
             histories.append((q.rows, free))
         return head.user_vectors(histories)
 
+    def interest_vectors(self, queries: Sequence[PreparedQuery]) -> list[np.ndarray]:
+        """Each query's interest vectors [its interests, dim] (empty when none asked).
+
+        The head reads each interest's items; every interest of every query in one run.
+        """
+        head = self.bundle.head
+        parts = [(g.rows, None) for q in queries for g in q.interests]
+        vectors = (
+            head.user_vectors(parts)
+            if parts and head is not None
+            else np.zeros((0, self.bundle.manifest.dimension), np.float32)
+        )
+        out, offset = [], 0
+        for q in queries:
+            out.append(vectors[offset : offset + len(q.interests)])
+            offset += len(q.interests)
+        return out
+
     def finish(
-        self, prepared: PreparedQuery, user: np.ndarray, encode_ms: float = 0.0
+        self,
+        prepared: PreparedQuery,
+        user: np.ndarray,
+        encode_ms: float = 0.0,
+        interests: np.ndarray | None = None,
     ) -> Recommendation:
-        """Cluster scores and item search for one user vector."""
+        """Cluster scores and item search for one user vector (and its interest vectors).
+
+        With interests, `items` is their merge: each interest's top items fill its share
+        of k (split_budget), taken in turn strongest interest first, no item twice.
+        """
         started = time.perf_counter()
         cluster_scores = self.bundle.centroids @ (user / max(float(np.linalg.norm(user)), 1e-12))
         top_clusters = np.argsort(-cluster_scores)[: prepared.num_clusters]
@@ -260,16 +327,49 @@ class RecommenderEngine:
             )
             for c in top_clusters
         ]
-        items = self._search(
-            user, prepared.k, set(prepared.exclude), prepared.mode, int(top_clusters[0])
-        )
+        answered: list[Interest] = []
+        if prepared.interests and interests is not None and len(interests):
+            answered, items = self._interests(prepared, interests)
+        else:
+            items = self._search(
+                user, prepared.k, set(prepared.exclude), prepared.mode, int(top_clusters[0])
+            )
         return Recommendation(
             clusters=clusters,
             items=items,
             unknown_item_ids=prepared.unknown_item_ids,
             bundle_version=self.bundle.version,
             timing=Timing(encode_ms=encode_ms, search_ms=(time.perf_counter() - started) * 1e3),
+            interests=answered,
         )
+
+    def _interests(
+        self, prepared: PreparedQuery, vectors: np.ndarray
+    ) -> tuple[list[Interest], list[ScoredItem]]:
+        """Per-interest lists (disjoint) and their merge by the weights' quotas."""
+        groups = prepared.interests
+        quotas = split_budget([g.weight for g in groups], prepared.k)
+        taken = set(prepared.exclude)
+        per_interest: list[list[ScoredItem]] = []
+        for group, vector, quota in zip(groups, vectors, quotas, strict=True):
+            found = self._search(vector, quota, taken, RetrievalMode.ALL_ITEMS, group.cluster_id)
+            taken |= {self.bundle.row_of_item[i.item_id] for i in found}
+            per_interest.append(found)
+        merged: list[ScoredItem] = []
+        for rank in range(max(quotas, default=0)):
+            merged += [found[rank] for found in per_interest if rank < len(found)]
+        items = self.bundle.items
+        answered = [
+            Interest(
+                cluster_id=g.cluster_id,
+                description=self.bundle.clusters[g.cluster_id].description,
+                weight=g.weight,
+                items=found,
+                because_item_ids=[items[r].item_id for r in reversed(g.rows)][:10],
+            )
+            for g, found in zip(groups, per_interest, strict=True)
+        ]
+        return answered, merged[: prepared.k]
 
     def _resolve_k(self, k: int) -> int:
         if k == 0:
@@ -277,6 +377,18 @@ class RecommenderEngine:
         if k < 0 or k > self.max_k:
             raise InvalidArgument("k", f"{k} is out of range: give 1..{self.max_k} (0 = default)")
         return k
+
+    def _resolve_num_interests(self, n: int) -> int:
+        if self.bundle.head is None:
+            raise InvalidArgument(
+                "num_interests",
+                "this bundle has no sequence head to read interests with; export a run "
+                "trained with one",
+            )
+        most = min(MAX_INTERESTS, len(self.bundle.clusters))
+        if n < 0 or n > most:
+            raise InvalidArgument("num_interests", f"{n} is out of range: give 0..{most}")
+        return n
 
     def _resolve_num_clusters(self, n: int) -> int:
         available = len(self.bundle.clusters)

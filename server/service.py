@@ -13,7 +13,7 @@ import grpc
 
 from server.catalogue import NewItem
 from server.dispatch import Dispatcher, Embedded, Recommended
-from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
+from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode, ScoredItem
 from server.errors import grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -37,6 +37,7 @@ def to_query(request: pb.RecommendRequest) -> RecommendQuery:
         include_seen_items=request.include_seen_items,
         mode=_MODES.get(request.mode),
         num_clusters=request.num_clusters,
+        num_interests=request.num_interests,
     )
 
 
@@ -49,9 +50,7 @@ def to_response(request_id: str, answer: Recommended) -> pb.RecommendResponse:
             pb.ClusterScore(cluster_id=c.cluster_id, score=c.score, description=c.description)
             for c in result.clusters
         ],
-        items=[
-            pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in result.items
-        ],
+        items=[_scored(i) for i in result.items],
         bundle_version=result.bundle_version,
         timing=pb.Timing(
             queue_ms=answer.queue_ms,
@@ -61,7 +60,23 @@ def to_response(request_id: str, answer: Recommended) -> pb.RecommendResponse:
             total_ms=answer.total_ms,
         ),
         unknown_item_ids=result.unknown_item_ids,
+        interests=[
+            pb.Interest(
+                cluster_id=i.cluster_id,
+                description=i.description,
+                weight=i.weight,
+                items=[
+                    pb.ScoredItem(item_id=s.item_id, score=s.score, title=s.title) for s in i.items
+                ],
+                because_item_ids=i.because_item_ids,
+            )
+            for i in result.interests
+        ],
     )
+
+
+def _scored(item: ScoredItem) -> pb.ScoredItem:
+    return pb.ScoredItem(item_id=item.item_id, score=item.score, title=item.title)
 
 
 def to_embed_response(request_id: str, answer: Embedded) -> pb.EmbedResponse:

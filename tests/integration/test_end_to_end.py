@@ -168,6 +168,27 @@ def test_list_clusters_reads_apart_and_names_its_top_items(stub, category_of):
     assert "top_items" in error.value.details()
 
 
+def test_two_interests_over_unary_and_stream(stub, demo_dataset, category_of):
+    by_category: dict[str, list[str]] = {}
+    for item_id, category in category_of.items():
+        by_category.setdefault(category, []).append(item_id)
+    history = by_category["Jazz"][:8] + by_category["Horror"][:10] + by_category["Jazz"][8:15]
+    request = pb.RecommendRequest(history_item_ids=history, k=10, num_interests=2)
+    unary = stub.Recommend(request, timeout=30)
+    (streamed,) = list(stub.RecommendStream(iter([request]), timeout=30))
+    for response in (unary, streamed):
+        assert [category_of[i.because_item_ids[0]] for i in response.interests] == [
+            "Jazz",
+            "Horror",
+        ]
+        assert {category_of[i.item_id] for i in response.items} >= {"Jazz", "Horror"}
+        assert sum(len(i.items) for i in response.interests) == len(response.items) == 10
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Recommend(pb.RecommendRequest(history_item_ids=history, num_interests=9), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("num_interests:")
+
+
 def test_health_and_reflection(live_server):
     with grpc.insecure_channel(live_server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"7\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"4\n\x0f\x41\x64\x64ItemsRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.recsys.v1.NewItem\"4\n\x10\x41\x64\x64ItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\x11\n\tnum_items\x18\x02 \x01(\x05\"&\n\x12RemoveItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"9\n\x13RemoveItemsResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x05\x12\x11\n\tnum_items\x18\x02 \x01(\x05\"#\n\x13ReloadBundleRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"`\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x1f\n\x17previous_bundle_version\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x02\"\xbc\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x15\n\rhistory_texts\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x1a\n\x12include_seen_items\x18\x05 \x01(\x08\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.recsys.v1.RetrievalMode\x12\x14\n\x0cnum_clusters\x18\x07 \x01(\x05\"F\n\x0c\x43lusterScore\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"g\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tencode_ms\x18\x02 \x01(\x02\x12\x11\n\tsearch_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x13\n\x0btokenize_ms\x18\x05 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xee\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x17.recsys.v1.ClusterScore\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x18\n\x10unknown_item_ids\x18\x06 \x03(\t\x12\x1f\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.recsys.v1.Error\"1\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xbc\x01\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.recsys.v1.Embedding\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.recsys.v1.Error\"\x15\n\x13GetModelInfoRequest\"\x82\x01\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12)\n\ttop_items\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterItem\"-\n\x0b\x43lusterItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"(\n\x13ListClustersRequest\x12\x11\n\ttop_items\x18\x01 \x01(\x05\"X\n\x14ListClustersResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12(\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\"\x89\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12(\n\x08\x63lusters\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x05\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x0b \x01(\t*i\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRIEVAL_MODE_ALL_ITEMS\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_CLUSTER\x10\x02\x32\xc7\x03\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x0fRecommendStream\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse(\x01\x30\x01\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse\x12\x44\n\x0b\x45mbedStream\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfo\x12O\n\x0cListClusters\x12\x1e.recsys.v1.ListClustersRequest\x1a\x1f.recsys.v1.ListClustersResponse2\xf6\x01\n\x10RecommenderAdmin\x12O\n\x0cReloadBundle\x12\x1e.recsys.v1.ReloadBundleRequest\x1a\x1f.recsys.v1.ReloadBundleResponse\x12\x43\n\x08\x41\x64\x64Items\x12\x1a.recsys.v1.AddItemsRequest\x1a\x1b.recsys.v1.AddItemsResponse\x12L\n\x0bRemoveItems\x12\x1d.recsys.v1.RemoveItemsRequest\x1a\x1e.recsys.v1.RemoveItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"7\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"4\n\x0f\x41\x64\x64ItemsRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.recsys.v1.NewItem\"4\n\x10\x41\x64\x64ItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\x11\n\tnum_items\x18\x02 \x01(\x05\"&\n\x12RemoveItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"9\n\x13RemoveItemsResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x05\x12\x11\n\tnum_items\x18\x02 \x01(\x05\"#\n\x13ReloadBundleRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"`\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x1f\n\x17previous_bundle_version\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x02\"\xd3\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x15\n\rhistory_texts\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x1a\n\x12include_seen_items\x18\x05 \x01(\x08\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.recsys.v1.RetrievalMode\x12\x14\n\x0cnum_clusters\x18\x07 \x01(\x05\x12\x15\n\rnum_interests\x18\x08 \x01(\x05\"\x83\x01\n\x08Interest\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12$\n\x05items\x18\x04 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x62\x65\x63\x61use_item_ids\x18\x05 \x03(\t\"F\n\x0c\x43lusterScore\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"g\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tencode_ms\x18\x02 \x01(\x02\x12\x11\n\tsearch_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x13\n\x0btokenize_ms\x18\x05 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x96\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x17.recsys.v1.ClusterScore\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x18\n\x10unknown_item_ids\x18\x06 \x03(\t\x12\x1f\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.recsys.v1.Error\x12&\n\tinterests\x18\x08 \x03(\x0b\x32\x13.recsys.v1.Interest\"1\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xbc\x01\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.recsys.v1.Embedding\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Timing\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.recsys.v1.Error\"\x15\n\x13GetModelInfoRequest\"\x82\x01\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12)\n\ttop_items\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterItem\"-\n\x0b\x43lusterItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"(\n\x13ListClustersRequest\x12\x11\n\ttop_items\x18\x01 \x01(\x05\"X\n\x14ListClustersResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12(\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\"\x89\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x11\n\tnum_items\x18\x04 \x01(\x05\x12(\n\x08\x63lusters\x18\x05 \x03(\x0b\x32\x16.recsys.v1.ClusterInfo\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x05\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x0b \x01(\t*i\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18RETRIEVAL_MODE_ALL_ITEMS\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_CLUSTER\x10\x02\x32\xc7\x03\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x0fRecommendStream\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse(\x01\x30\x01\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse\x12\x44\n\x0b\x45mbedStream\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfo\x12O\n\x0cListClusters\x12\x1e.recsys.v1.ListClustersRequest\x1a\x1f.recsys.v1.ListClustersResponse2\xf6\x01\n\x10RecommenderAdmin\x12O\n\x0cReloadBundle\x12\x1e.recsys.v1.ReloadBundleRequest\x1a\x1f.recsys.v1.ReloadBundleResponse\x12\x43\n\x08\x41\x64\x64Items\x12\x1a.recsys.v1.AddItemsRequest\x1a\x1b.recsys.v1.AddItemsResponse\x12L\n\x0bRemoveItems\x12\x1d.recsys.v1.RemoveItemsRequest\x1a\x1e.recsys.v1.RemoveItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RETRIEVALMODE']._serialized_start=2025
-  _globals['_RETRIEVALMODE']._serialized_end=2130
+  _globals['_RETRIEVALMODE']._serialized_start=2222
+  _globals['_RETRIEVALMODE']._serialized_end=2327
   _globals['_NEWITEM']._serialized_start=42
   _globals['_NEWITEM']._serialized_end=97
   _globals['_ADDITEMSREQUEST']._serialized_start=99
@@ -48,37 +48,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELOADBUNDLERESPONSE']._serialized_start=343
   _globals['_RELOADBUNDLERESPONSE']._serialized_end=439
   _globals['_RECOMMENDREQUEST']._serialized_start=442
-  _globals['_RECOMMENDREQUEST']._serialized_end=630
-  _globals['_CLUSTERSCORE']._serialized_start=632
-  _globals['_CLUSTERSCORE']._serialized_end=702
-  _globals['_SCOREDITEM']._serialized_start=704
-  _globals['_SCOREDITEM']._serialized_end=763
-  _globals['_TIMING']._serialized_start=765
-  _globals['_TIMING']._serialized_end=868
-  _globals['_ERROR']._serialized_start=870
-  _globals['_ERROR']._serialized_end=908
-  _globals['_RECOMMENDRESPONSE']._serialized_start=911
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1149
-  _globals['_EMBEDREQUEST']._serialized_start=1151
-  _globals['_EMBEDREQUEST']._serialized_end=1200
-  _globals['_EMBEDDING']._serialized_start=1202
-  _globals['_EMBEDDING']._serialized_end=1229
-  _globals['_EMBEDRESPONSE']._serialized_start=1232
-  _globals['_EMBEDRESPONSE']._serialized_end=1420
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1422
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1443
-  _globals['_CLUSTERINFO']._serialized_start=1446
-  _globals['_CLUSTERINFO']._serialized_end=1576
-  _globals['_CLUSTERITEM']._serialized_start=1578
-  _globals['_CLUSTERITEM']._serialized_end=1623
-  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1625
-  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1665
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1667
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1755
-  _globals['_MODELINFO']._serialized_start=1758
-  _globals['_MODELINFO']._serialized_end=2023
-  _globals['_RECOMMENDERSERVICE']._serialized_start=2133
-  _globals['_RECOMMENDERSERVICE']._serialized_end=2588
-  _globals['_RECOMMENDERADMIN']._serialized_start=2591
-  _globals['_RECOMMENDERADMIN']._serialized_end=2837
+  _globals['_RECOMMENDREQUEST']._serialized_end=653
+  _globals['_INTEREST']._serialized_start=656
+  _globals['_INTEREST']._serialized_end=787
+  _globals['_CLUSTERSCORE']._serialized_start=789
+  _globals['_CLUSTERSCORE']._serialized_end=859
+  _globals['_SCOREDITEM']._serialized_start=861
+  _globals['_SCOREDITEM']._serialized_end=920
+  _globals['_TIMING']._serialized_start=922
+  _globals['_TIMING']._serialized_end=1025
+  _globals['_ERROR']._serialized_start=1027
+  _globals['_ERROR']._serialized_end=1065
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1068
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1346
+  _globals['_EMBEDREQUEST']._serialized_start=1348
+  _globals['_EMBEDREQUEST']._serialized_end=1397
+  _globals['_EMBEDDING']._serialized_start=1399
+  _globals['_EMBEDDING']._serialized_end=1426
+  _globals['_EMBEDRESPONSE']._serialized_start=1429
+  _globals['_EMBEDRESPONSE']._serialized_end=1617
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1619
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1640
+  _globals['_CLUSTERINFO']._serialized_start=1643
+  _globals['_CLUSTERINFO']._serialized_end=1773
+  _globals['_CLUSTERITEM']._serialized_start=1775
+  _globals['_CLUSTERITEM']._serialized_end=1820
+  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1822
+  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1862
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1864
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1952
+  _globals['_MODELINFO']._serialized_start=1955
+  _globals['_MODELINFO']._serialized_end=2220
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2330
+  _globals['_RECOMMENDERSERVICE']._serialized_end=2785
+  _globals['_RECOMMENDERADMIN']._serialized_start=2788
+  _globals['_RECOMMENDERADMIN']._serialized_end=3034
 # @@protoc_insertion_point(module_scope)

@@ -71,7 +71,7 @@ class ReloadBundleResponse(_message.Message):
     def __init__(self, bundle_version: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., load_ms: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("request_id", "history_item_ids", "history_texts", "k", "include_seen_items", "mode", "num_clusters")
+    __slots__ = ("request_id", "history_item_ids", "history_texts", "k", "include_seen_items", "mode", "num_clusters", "num_interests")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_TEXTS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class RecommendRequest(_message.Message):
     INCLUDE_SEEN_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_INTERESTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     history_texts: _containers.RepeatedScalarFieldContainer[str]
@@ -86,7 +87,22 @@ class RecommendRequest(_message.Message):
     include_seen_items: bool
     mode: RetrievalMode
     num_clusters: int
-    def __init__(self, request_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., history_texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., include_seen_items: _Optional[bool] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ..., num_clusters: _Optional[int] = ...) -> None: ...
+    num_interests: int
+    def __init__(self, request_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., history_texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., include_seen_items: _Optional[bool] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ..., num_clusters: _Optional[int] = ..., num_interests: _Optional[int] = ...) -> None: ...
+
+class Interest(_message.Message):
+    __slots__ = ("cluster_id", "description", "weight", "items", "because_item_ids")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: int
+    description: str
+    weight: float
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    because_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster_id: _Optional[int] = ..., description: _Optional[str] = ..., weight: _Optional[float] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., because_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterScore(_message.Message):
     __slots__ = ("cluster_id", "score", "description")
@@ -131,7 +147,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "clusters", "items", "bundle_version", "timing", "unknown_item_ids", "error")
+    __slots__ = ("request_id", "clusters", "items", "bundle_version", "timing", "unknown_item_ids", "error", "interests")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +155,7 @@ class RecommendResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    INTERESTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     clusters: _containers.RepeatedCompositeFieldContainer[ClusterScore]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
@@ -146,7 +163,8 @@ class RecommendResponse(_message.Message):
     timing: Timing
     unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
     error: Error
-    def __init__(self, request_id: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[ClusterScore, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    interests: _containers.RepeatedCompositeFieldContainer[Interest]
+    def __init__(self, request_id: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[ClusterScore, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., interests: _Optional[_Iterable[_Union[Interest, _Mapping]]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("request_id", "texts")
