@@ -56,6 +56,17 @@ TEXT_HISTORY_ITEMS = 50
 # in the grid (the best on ML-1M cold validation was 2.0, the old grid's edge).
 IMPUTED_ID_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 IMPUTED_ID_NEIGHBOURS = (5, 20)
+# Per-interest answers compared with the single user vector (served engine, k = 50).
+# name → (interests, merge, whole-history share)
+INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
+    "single user vector": (0, "quota", 1.0),
+    "2 interests, quota, history 1/2": (2, "quota", 0.5),
+    "2 interests, quota, history 7/10": (2, "quota", 0.7),
+    "2 interests, by score, history 1/2": (2, "score", 0.5),
+    "3 interests, quota, history 7/10": (3, "quota", 0.7),
+}
+INTEREST_USERS = 2000
+INTEREST_MAX_NDCG_LOSS = 0.03
 MAX_WARM_LOSS = 0.01  # the cold-item weight may cost warm validation NDCG@10 at most 1%
 TRACKS = ("warm", "text_history", "cold")
 TEXT_ONLY_ROW = "ours, every item by text alone (no ID part)"
@@ -517,7 +528,114 @@ class QualityRun:
             f"(relative loss {loss:+.2%} vs torch exact)",
             flush=True,
         )
+        if bundle.head is not None:
+            self._served_interests(engine)
         return cfg.out / "bundle"
+
+    def _served_interests(self, engine: Any) -> None:
+        """Per-interest answers against the single user vector, at the same budget.
+
+        Through the served engine (num_interests: the history split by interest group,
+        each part read by the ONNX head, items merged by weight), on validation (choice)
+        and test (report): NDCG@10, HR@50, distinct categories in the top 10 and
+        intra-list distance (mean 1 − cosine of the top 10's text embeddings).
+        """
+        from server.engine import RecommendQuery, RetrievalMode
+        from server.interests import MergePolicy
+
+        s = self.split
+        ids = [item.item_id for item in engine.bundle.items]
+        unit = self.text_embeddings / np.maximum(
+            np.linalg.norm(self.text_embeddings, axis=1, keepdims=True), 1e-12
+        )
+        rows = self._sample_users(min(len(s.train), INTEREST_USERS), self.config.seed + 5)
+        slices = {
+            "validation": ([s.train[u] for u in rows], [s.val_targets[u] for u in rows]),
+            "test": ([s.test_histories[u] for u in rows], [s.test_targets[u] for u in rows]),
+        }
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        default_policy = engine.merge_policy
+        for name, (interests, merge, share) in INTEREST_VARIANTS.items():
+            engine.merge_policy = MergePolicy(merge, share)
+            results[name] = {}
+            for split, (histories, targets) in slices.items():
+                kept = [t for h, t in zip(histories, targets, strict=True) if h]
+
+                def answer(
+                    k: int, interests: int = interests, histories: list[list[int]] = histories
+                ) -> list[list[int]]:
+                    return [
+                        [
+                            engine.bundle.row_of_item[i.item_id]
+                            for i in engine.recommend(
+                                RecommendQuery(
+                                    history_item_ids=[ids[r] for r in h],
+                                    k=k,
+                                    mode=RetrievalMode.ALL_ITEMS,
+                                    num_interests=min(interests, len(engine.bundle.clusters)),
+                                )
+                            ).items
+                        ]
+                        for h in histories
+                        if h
+                    ]
+
+                # The merge depends on k: the top 10 is judged as a 10-item answer.
+                top10 = answer(10)
+                ranks10 = hits_from_lists(top10, kept)
+                ranks50 = hits_from_lists(answer(50), kept)
+                results[name][split] = {
+                    "ndcg@10": float(np.where(ranks10 < 10, 1 / np.log2(ranks10 + 2), 0).mean()),
+                    "hr@50": float((ranks50 < 50).mean()),
+                    "categories@10": float(
+                        np.mean([len({t for r in top for t in self.terms[r]}) for top in top10])
+                    ),
+                    "ild@10": float(
+                        np.mean(
+                            [
+                                1 - (unit[top] @ unit[top].T)[np.triu_indices(len(top), 1)].mean()
+                                for top in top10
+                                if len(top) > 1
+                            ]
+                        )
+                    ),
+                }
+        engine.merge_policy = default_policy
+        single = results["single user vector"]["validation"]
+
+        def meets(m: dict[str, float]) -> bool:
+            return (
+                m["hr@50"] >= single["hr@50"]
+                and m["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * single["ndcg@10"]
+            )
+
+        winner = max(
+            (n for n in results if meets(results[n]["validation"])),
+            key=lambda n: results[n]["validation"]["categories@10"],
+        )
+        test_single = results["single user vector"]["test"]
+        test_win = results[winner]["test"]
+        self.report["interests"] = {
+            "users": len(rows),
+            "variants": results,
+            "winner": winner,
+            "rule": (
+                f"most categories in the top 10 on validation among variants with HR@50 ≥ the "
+                f"single vector's and NDCG@10 within {INTEREST_MAX_NDCG_LOSS:.0%}"
+            ),
+            "test_goal_met": bool(
+                test_win["hr@50"] >= test_single["hr@50"]
+                and test_win["categories@10"] >= 1.2 * test_single["categories@10"]
+                and test_win["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * test_single["ndcg@10"]
+            ),
+        }
+        for name, m in results.items():
+            t = m["test"]
+            print(
+                f"[eval] {name}: NDCG@10 {t['ndcg@10']:.4f}  HR@50 {t['hr@50']:.4f}  "
+                f"categories@10 {t['categories@10']:.2f}  ILD@10 {t['ild@10']:.3f}",
+                flush=True,
+            )
 
     def _text_history(self, bundle: Path) -> None:
         """Each test user's history as titles (no IDs) through a live `irec serve`.

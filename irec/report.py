@@ -187,6 +187,27 @@ def markdown(report: dict[str, Any]) -> str:
             )
             + ". MRR is not reported for the served path (it returns the top 50 only).",
         ]
+    interests = report.get("interests")
+    if interests:
+        lines += [
+            "",
+            "## Several interests per user (served engine, same budget k = 50)",
+            "",
+            f"{interests['users']} sampled users. `num_interests`: the history split by interest "
+            "group (recency-weighted), each part read by the ONNX head, items merged by weight. "
+            f"Served default chosen on validation: **{interests['winner']}** "
+            f"({interests['rule']}). Goal on test (HR@50 ≥ single, categories +20%, NDCG@10 "
+            f"within 3%): **{'met' if interests['test_goal_met'] else 'not met'}**.",
+            "",
+            "| variant | split | NDCG@10 | HR@50 | categories in top 10 | intra-list distance |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, by_split in interests["variants"].items():
+            for split, m in by_split.items():
+                lines.append(
+                    f"| {name} | {split} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
+                    f"{m['categories@10']:.2f} | {m['ild@10']:.3f} |"
+                )
     modes = report.get("modes")
     if modes:
         lines += [

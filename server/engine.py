@@ -20,7 +20,14 @@ from server.bundle import Bundle
 from server.catalogue import Catalogue
 from server.config import ServerConfig
 from server.errors import InvalidArgument
-from server.interests import MAX_INTERESTS, InterestGroup, group_history, split_budget
+from server.interests import (
+    MAX_INTERESTS,
+    InterestGroup,
+    MergePolicy,
+    group_history,
+    merge_order,
+    split_budget,
+)
 from server.manifest import render_history
 
 DEFAULT_K = 10
@@ -156,6 +163,7 @@ class RecommenderEngine:
         self.limits = limits or Limits()
         self.max_k = min(self.limits.max_k, len(bundle.items))
         self.default_mode = RetrievalMode(bundle.manifest.default_retrieval_mode)
+        self.merge_policy = MergePolicy()  # `irec eval` measures the alternatives
 
     @cached_property
     def item_unit(self) -> np.ndarray:
@@ -329,7 +337,7 @@ class RecommenderEngine:
         ]
         answered: list[Interest] = []
         if prepared.interests and interests is not None and len(interests):
-            answered, items = self._interests(prepared, interests)
+            answered, items = self._interests(prepared, user, interests)
         else:
             items = self._search(
                 user, prepared.k, set(prepared.exclude), prepared.mode, int(top_clusters[0])
@@ -344,20 +352,24 @@ class RecommenderEngine:
         )
 
     def _interests(
-        self, prepared: PreparedQuery, vectors: np.ndarray
+        self, prepared: PreparedQuery, user: np.ndarray, vectors: np.ndarray
     ) -> tuple[list[Interest], list[ScoredItem]]:
-        """Per-interest lists (disjoint) and their merge by the weights' quotas."""
+        """Per-interest lists (disjoint) and their merge (self.merge_policy)."""
         groups = prepared.interests
-        quotas = split_budget([g.weight for g in groups], prepared.k)
+        share = self.merge_policy.whole_history_share
+        weights = [share] + [(1 - share) * g.weight for g in groups]
+        quotas = split_budget(weights, prepared.k)
         taken = set(prepared.exclude)
         per_interest: list[list[ScoredItem]] = []
-        for group, vector, quota in zip(groups, vectors, quotas, strict=True):
-            found = self._search(vector, quota, taken, RetrievalMode.ALL_ITEMS, group.cluster_id)
+        for vector, quota in zip([user, *vectors], quotas, strict=True):
+            found = self._search(vector, quota, taken, RetrievalMode.ALL_ITEMS, 0)
             taken |= {self.bundle.row_of_item[i.item_id] for i in found}
             per_interest.append(found)
-        merged: list[ScoredItem] = []
-        for rank in range(max(quotas, default=0)):
-            merged += [found[rank] for found in per_interest if rank < len(found)]
+        merged = [
+            per_interest[i][rank] for i, rank in merge_order(quotas) if rank < len(per_interest[i])
+        ]
+        if self.merge_policy.merge == "score":
+            merged.sort(key=lambda item: -item.score)
         items = self.bundle.items
         answered = [
             Interest(
@@ -367,7 +379,7 @@ class RecommenderEngine:
                 items=found,
                 because_item_ids=[items[r].item_id for r in reversed(g.rows)][:10],
             )
-            for g, found in zip(groups, per_interest, strict=True)
+            for g, found in zip(groups, per_interest[1:], strict=True)
         ]
         return answered, merged[: prepared.k]
 

@@ -79,7 +79,16 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     }
     markdown = (out / "report.md").read_text()
     assert "Retrieval modes" in markdown and "Cold items" in markdown and "SASRec+" in markdown
-    assert "Clusterings compared" in markdown
+    assert "Clusterings compared" in markdown and "Several interests per user" in markdown
+    interests = report["interests"]
+    assert "single user vector" in interests["variants"] and len(interests["variants"]) == 5
+    assert interests["winner"] in interests["variants"]
+    # Demo users mix 1-3 categories: answering per interest widens the top 10.
+    variants = interests["variants"]
+    assert (
+        variants["2 interests, quota, history 1/2"]["test"]["categories@10"]
+        > variants["single user vector"]["test"]["categories@10"]
+    )
     assert (out / "tensorboard" / "seed-0").is_dir() and (out / "tensorboard" / "cold").is_dir()
 
 

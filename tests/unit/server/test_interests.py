@@ -10,7 +10,7 @@ import pytest
 from server.bundle import load_bundle
 from server.engine import RecommenderEngine, RecommendQuery
 from server.errors import InvalidArgument
-from server.interests import group_history, split_budget
+from server.interests import group_history, merge_order, split_budget
 
 
 def test_groups_follow_the_nearest_centroid_and_recency():
@@ -60,7 +60,11 @@ def test_a_two_interest_user_is_served_both_and_told_why(engine):
     assert set(first.because_item_ids) <= jazz and set(second.because_item_ids) <= horror
     assert "Jazz" in first.description and "Horror" in second.description
     merged = {i.item_id for i in both.items}
-    assert merged == {i.item_id for n in both.interests for i in n.items}
+    # The merge: most slots from the whole history's vector, the rest from the interests
+    # (each at least one).
+    from_interests = {i.item_id for n in both.interests for i in n.items}
+    assert from_interests <= merged and 2 <= len(from_interests) <= 5
+    assert merged - from_interests <= {i.item_id for i in single.items}
     texts = {item.item_id: item.text for item in engine.bundle.items}
     categories = {texts[i].split(". ")[1] for i in merged}
     assert {"Jazz", "Horror"} <= categories
@@ -77,3 +81,17 @@ def test_num_interests_is_checked_and_needs_a_head(engine):
     text_only = RecommenderEngine(dataclasses.replace(engine.bundle, head=None))
     with pytest.raises(InvalidArgument, match="num_interests: this bundle has no sequence head"):
         text_only.prepare(RecommendQuery(history_item_ids=history, num_interests=2))
+
+
+def test_a_stray_item_is_not_an_interest_and_the_merge_follows_the_weights():
+    centroids = np.eye(2, dtype=np.float32)
+    items = np.eye(2, dtype=np.float32)[[0] * 20 + [1, 1]]
+    # One stray item, even the most recent, holds under 15% of the recency weight.
+    groups = group_history([*range(20), 20], items, centroids, max_interests=2)
+    assert [g.cluster_id for g in groups] == [0] and groups[0].weight == 1.0
+    # Two recent ones are an interest.
+    groups = group_history(list(range(22)), items, centroids, max_interests=2)
+    assert sorted(g.cluster_id for g in groups) == [0, 1]
+    order = merge_order([6, 3, 1])
+    assert order[0] == (0, 0) and len(order) == 10
+    assert [i for i, _ in order].count(1) == 3 and order.index((2, 0)) > order.index((1, 0))
