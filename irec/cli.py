@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add(
         "--data",
         required=True,
-        help="demo[:USERS] | movielens-1m:DIR | movielens-1m-sasrec:DIR | movielens-latest:DIR "
-        "| csv:INTERACTIONS,ITEMS (CSV or Parquet)",
+        help="demo[:USERS] | demo-titles[:USERS] (no categories) | movielens-1m:DIR | "
+        "movielens-1m-sasrec:DIR | movielens-latest:DIR | csv:INTERACTIONS,ITEMS (CSV or Parquet)",
     )
     a.add("--out", required=True, type=Path, help="run folder to write, e.g. runs/NAME")
     _model_options(a)

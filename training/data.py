@@ -237,12 +237,14 @@ def read_items(items_path: Path) -> pd.DataFrame:
 
 
 def load_spec(spec: str) -> Dataset:
-    """Load a dataset: demo[:USERS] | movielens-1m:DIR | movielens-latest:DIR | csv:I,ITEMS."""
+    """Load a dataset: demo[:USERS] | demo-titles[:USERS] | movielens-1m:DIR | … | csv:I,ITEMS."""
     kind, _, arg = spec.partition(":")
-    if kind == "demo":
+    if kind in ("demo", "demo-titles"):
         if arg and not arg.isdigit():
-            raise DataError(f"data spec {spec!r}: expected demo or demo:NUM_USERS")
-        return generate_demo(num_users=int(arg) if arg else NUM_USERS)
+            raise DataError(f"data spec {spec!r}: expected {kind} or {kind}:NUM_USERS")
+        return generate_demo(
+            num_users=int(arg) if arg else NUM_USERS, titles_only=kind == "demo-titles"
+        )
     if not arg:
         raise DataError(f"data spec {spec!r}: expected KIND:PATH (see --help)")
     if kind == "movielens-1m":

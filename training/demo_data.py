@@ -112,8 +112,15 @@ def _catalogue(rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def generate_demo(num_users: int = NUM_USERS, seed: int = SEED) -> Dataset:
-    """Build the demo Dataset; the same seed gives the same data on every machine."""
+def generate_demo(
+    num_users: int = NUM_USERS, seed: int = SEED, titles_only: bool = False
+) -> Dataset:
+    """Build the demo Dataset; the same seed gives the same data on every machine.
+
+    `titles_only`: the harder variant (spec `demo-titles`): items keep their title and
+    year but lose their category and description, so interest groups must be found from
+    behaviour and title words alone (the planted categories stay known to tests).
+    """
     rng = np.random.default_rng(seed)
     catalogue = _catalogue(rng)
     categories = list(CATEGORIES)
@@ -149,4 +156,7 @@ def generate_demo(num_users: int = NUM_USERS, seed: int = SEED) -> Dataset:
             rows.append((str(user), catalogue.at[row, "item_id"], t))
     interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     items = catalogue.drop(columns=["_category", "_order"])
+    if titles_only:
+        items = items.assign(categories=[[] for _ in range(len(items))], description="")
+        return Dataset(name="demo-titles", interactions=interactions, items=items)
     return Dataset(name="demo", interactions=interactions, items=items)

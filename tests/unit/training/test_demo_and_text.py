@@ -28,3 +28,13 @@ def test_render_item_has_title_year_categories():
 def test_history_is_most_recent_first():
     assert render_history(["old", "middle", "new"]) == "new | middle | old"
     assert render_history(["a", "  ", "b"], separator=" ; ") == "b ; a"
+
+
+def test_the_titles_only_demo_keeps_behaviour_and_drops_categories():
+    from training.data import load_spec
+
+    plain, titles = load_spec("demo:40"), load_spec("demo-titles:40")
+    assert titles.name == "demo-titles" and not any(titles.items["categories"])
+    assert set(titles.items["description"]) == {""}
+    assert list(titles.items["title"]) == list(plain.items["title"])
+    assert titles.interactions.equals(plain.interactions)
