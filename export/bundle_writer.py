@@ -59,6 +59,9 @@ class ExportOptions:
     # their text (encoder + the head's text projection, plus an ID part borrowed from their
     # text neighbours: server/new_items.py).
     new_items: Path | None = None
+    # Per-interest answers of a head bundle: (merge, whole-history share, default number);
+    # None = the manifest's defaults.
+    interests: tuple[str, float, int] | None = None
 
 
 def export_run(run_path: Path, out: Path, options: ExportOptions | None = None) -> fmt.Manifest:
@@ -155,7 +158,9 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
         parity[name] = report
     fp32.unlink()
     sequence_head = (
-        _export_head(run, stage, trained_items, new_text_embeddings) if run.has_head else None
+        _export_head(run, stage, trained_items, new_text_embeddings, options.interests)
+        if run.has_head
+        else None
     )
 
     centroids = run.centroids()
@@ -331,7 +336,11 @@ def _add_new_items(
 
 
 def _export_head(
-    run: RunFolder, stage: Path, num_items: int, new_text: np.ndarray | None = None
+    run: RunFolder,
+    stage: Path,
+    num_items: int,
+    new_text: np.ndarray | None = None,
+    interests: tuple[str, float, int] | None = None,
 ) -> fmt.SequenceHeadSpec:
     """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
     print("[export] sequence head → ONNX", flush=True)
@@ -352,7 +361,7 @@ def _export_head(
     np.save(stage / fmt.ITEM_TEXT_EMBEDDINGS_FILE, text)
     weight = head.text_projection.weight.detach().numpy().astype(np.float32)
     np.save(stage / fmt.ITEM_TEXT_PROJECTION_FILE, weight)
-    return fmt.SequenceHeadSpec(
+    spec = fmt.SequenceHeadSpec(
         file=fmt.USER_HEAD_FILE,
         text_embeddings=fmt.ITEM_TEXT_EMBEDDINGS_FILE,
         max_length=head.config.max_length,
@@ -363,6 +372,15 @@ def _export_head(
         new_item_neighbours=DEFAULT_NEIGHBOURS,
         new_item_id_weight=DEFAULT_ID_WEIGHT,
     )
+    if interests is not None:
+        merge, share, default = interests
+        spec = replace(
+            spec,
+            interest_merge=merge,
+            interest_history_share=share,
+            default_num_interests=default,
+        )
+    return spec
 
 
 def _self_check(bundle: Path) -> None:

@@ -530,6 +530,19 @@ class QualityRun:
         )
         if bundle.head is not None:
             self._served_interests(engine)
+            count, merge, share = INTEREST_VARIANTS[self.report["interests"]["winner"]]
+            if count:  # the validation winner becomes the bundle's default answer
+                manifest = export_run(
+                    run,
+                    cfg.out / "bundle",
+                    ExportOptions(default_mode=mode, interests=(merge, share, count)),
+                )
+            self.report["interests"]["served_default"] = {
+                "num_interests": count,
+                "merge": merge,
+                "whole_history_share": share,
+                "bundle_version": manifest.bundle_version,
+            }
         return cfg.out / "bundle"
 
     def _served_interests(self, engine: Any) -> None:

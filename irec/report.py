@@ -196,7 +196,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{interests['users']} sampled users. `num_interests`: the history split by interest "
             "group (recency-weighted), each part read by the ONNX head, items merged by weight. "
             f"Served default chosen on validation: **{interests['winner']}** "
-            f"({interests['rule']}). Goal on test (HR@50 ≥ single, categories +20%, NDCG@10 "
+            f"({interests['rule']}); the served bundle answers with it when a request does "
+            "not set `num_interests`. Goal on test (HR@50 ≥ single, categories +20%, NDCG@10 "
             f"within 3%): **{'met' if interests['test_goal_met'] else 'not met'}**.",
             "",
             "| variant | split | NDCG@10 | HR@50 | categories in top 10 | intra-list distance |",

@@ -242,6 +242,12 @@ def _load_head(path: Path, manifest: fmt.Manifest, intra_op_threads: int) -> Use
         session = open_session(path / spec.file, [CPU], intra_op_threads)
     except Exception as exc:
         raise BundleError(f"{path / spec.file}: cannot load the sequence head ({exc})") from exc
+    if spec.interest_merge not in ("quota", "score") or not 0 <= spec.interest_history_share <= 1:
+        raise BundleError(
+            f"{path / fmt.MANIFEST_FILE}: sequence_head interest_merge "
+            f"{spec.interest_merge!r} / interest_history_share {spec.interest_history_share} "
+            "(expected quota|score and a share in [0, 1])"
+        )
     projection = _read(path / spec.projection, np.load) if spec.projection else None
     head = UserHead(
         session,

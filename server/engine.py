@@ -163,7 +163,9 @@ class RecommenderEngine:
         self.limits = limits or Limits()
         self.max_k = min(self.limits.max_k, len(bundle.items))
         self.default_mode = RetrievalMode(bundle.manifest.default_retrieval_mode)
-        self.merge_policy = MergePolicy()  # `irec eval` measures the alternatives
+        head_spec = bundle.manifest.sequence_head
+        self.merge_policy = MergePolicy.of(head_spec)  # `irec eval` measures alternatives
+        self.default_num_interests = head_spec.default_num_interests if head_spec else 0
 
     @cached_property
     def item_unit(self) -> np.ndarray:
@@ -232,13 +234,11 @@ class RecommenderEngine:
         rows, unknown = self._resolve_history(query)
         texts = [t for t in query.history_texts if t.strip()]
         interests: tuple[InterestGroup, ...] = ()
-        if query.num_interests:
+        wanted = query.num_interests or self.default_num_interests
+        if wanted:
             interests = tuple(
                 group_history(
-                    rows,
-                    self.item_unit,
-                    self.bundle.centroids,
-                    self._resolve_num_interests(query.num_interests),
+                    rows, self.item_unit, self.bundle.centroids, self._resolve_num_interests(wanted)
                 )
             )
         return PreparedQuery(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.manifest import SequenceHeadSpec
+
 MAX_INTERESTS = 5
 HALF_LIFE_ITEMS = 10.0  # an item 10 places from the end counts half as much
 # A group with less of the history's recency weight is not an interest (one stray item
@@ -39,6 +41,13 @@ class MergePolicy:
 
     merge: str = "quota"
     whole_history_share: float = 0.7  # the demo's validation winner (irec eval)
+
+    @classmethod
+    def of(cls, spec: SequenceHeadSpec | None) -> MergePolicy:
+        """The bundle's policy (its sequence head's manifest entry), else the default."""
+        if spec is None:
+            return cls()
+        return cls(spec.interest_merge, spec.interest_history_share)
 
 
 @dataclass(frozen=True)

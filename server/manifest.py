@@ -146,6 +146,12 @@ class SequenceHeadSpec:
     # bundles written before these fields did.
     new_item_neighbours: int = 20
     new_item_id_weight: float = 0.0
+    # Per-interest answers (server/interests.py): how a history's interests are merged
+    # into one list, and how many a request gets when it does not say (0 = the single
+    # user vector). `irec eval` writes the variant that won on validation.
+    interest_merge: str = "quota"
+    interest_history_share: float = 0.7
+    default_num_interests: int = 0
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,17 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     interests = report["interests"]
     assert "single user vector" in interests["variants"] and len(interests["variants"]) == 5
     assert interests["winner"] in interests["variants"]
+    # The served bundle answers with the validation winner by default.
+    from server.manifest import read_manifest
+
+    head = read_manifest(out / "bundle").sequence_head
+    served = interests["served_default"]
+    assert head is not None and head.default_num_interests == served["num_interests"]
+    if served["num_interests"]:
+        assert (head.interest_merge, head.interest_history_share) == (
+            served["merge"],
+            served["whole_history_share"],
+        )
     # Demo users mix 1-3 categories: answering per interest widens the top 10.
     variants = interests["variants"]
     assert (
