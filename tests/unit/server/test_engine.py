@@ -81,3 +81,17 @@ def test_defaults(engine):
     # longer than the call took by the test's own clock.
     assert result.timing.encode_ms > 0 and result.timing.search_ms > 0
     assert result.timing.encode_ms + result.timing.search_ms <= wall_ms
+
+
+def test_list_clusters_names_top_items_and_leaves_removed_ones_out(bundle_dir):
+    engine = RecommenderEngine(load_bundle(bundle_dir, device="cpu"))
+    listed = engine.list_clusters(top_items=3)
+    assert len(listed) == len(engine.bundle.clusters)
+    assert all(len(c.top_items) == 3 for c in listed)
+    first_id, first_title = listed[0].top_items[0]
+    assert engine.bundle.items[engine.bundle.row_of_item[first_id]].title == first_title
+    engine.catalogue.remove([first_id])
+    again = engine.list_clusters(top_items=3)
+    assert first_id not in {i for i, _ in again[0].top_items} and len(again[0].top_items) == 3
+    with pytest.raises(InvalidArgument, match="top_items"):
+        engine.list_clusters(top_items=-1)
