@@ -28,7 +28,7 @@ from sklearn.metrics import (
 
 from server.new_items import new_item_vectors
 from training import baselines
-from training.cluster import cluster_users, item_terms
+from training.cluster import cluster_users, dominant_terms, item_terms
 from training.data import load_spec
 from training.evaluate import coverage, summarise, target_ranks, top_k
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries
@@ -118,17 +118,6 @@ def make_split(sequences: list[list[int]]) -> Split:
         test_histories=[s[:-1] for s in sequences],
         test_targets=[s[-1] for s in sequences],
     )
-
-
-def _dominant_terms(histories: list[list[int]], terms: list[list[str]]) -> list[str]:
-    labels = []
-    for history in histories:
-        counts: dict[str, int] = {}
-        for row in history:
-            for term in terms[row]:
-                counts[term] = counts.get(term, 0) + 1
-        labels.append(max(counts, key=lambda t: counts[t]) if counts else "")
-    return labels
 
 
 class QualityRun:
@@ -360,7 +349,7 @@ class QualityRun:
             cfg.seed,
             self.titles,
         )
-        genres = _dominant_terms(s.test_histories, self.terms)
+        genres = dominant_terms(s.test_histories, self.terms)
         sample = min(len(unit), 3000)
         self.clustering = clustering
         self.report["clusters"] = {

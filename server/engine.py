@@ -218,14 +218,9 @@ class RecommenderEngine:
                 raise InvalidArgument(f"texts[{position}]", "empty text")
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
-        """Clusters and ranked items for one history (unbatched: prepare → encode → finish)."""
-        prepared = self.prepare(query)
-        started = time.perf_counter()
-        (user,) = self.user_vectors([prepared])
-        (interests,) = self.interest_vectors([prepared])
-        return self.finish(
-            prepared, user, encode_ms=(time.perf_counter() - started) * 1e3, interests=interests
-        )
+        """Clusters and ranked items for one history (unbatched: a batch of one)."""
+        (result,) = self.recommend_batch([self.prepare(query)])
+        return result
 
     def prepare(self, query: RecommendQuery) -> PreparedQuery:
         """Validate a query and resolve its history; cheap, raises InvalidArgument."""

@@ -39,8 +39,9 @@ class MergePolicy:
     slots but orders the merged items by their own vector's score.
     """
 
-    merge: str = "quota"
-    whole_history_share: float = 0.7  # the demo's validation winner (irec eval)
+    # Defaults: the manifest's (the demo's validation winner, irec eval).
+    merge: str = SequenceHeadSpec.interest_merge
+    whole_history_share: float = SequenceHeadSpec.interest_history_share
 
     @classmethod
     def of(cls, spec: SequenceHeadSpec | None) -> MergePolicy:

@@ -213,7 +213,7 @@ def cluster_users(
     method = "k-means"
     if candidates != [1]:
         comparison = compare_clusterings(
-            user_embeddings, candidates, seed, known=_dominant(user_items, terms)
+            user_embeddings, candidates, seed, known=dominant_terms(user_items, terms)
         )
         chosen, reason = choose(comparison)
         method, k = chosen.method, chosen.k
@@ -251,7 +251,9 @@ def cluster_users(
     )
 
 
-def _dominant(user_items: Sequence[Sequence[int]], terms: Sequence[Sequence[str]]) -> np.ndarray:
+def dominant_terms(
+    user_items: Sequence[Sequence[int]], terms: Sequence[Sequence[str]]
+) -> np.ndarray:
     """Each user's most frequent term (known structure to compare groups with)."""
     out = []
     for items in user_items:
