@@ -83,10 +83,11 @@ class Catalogue:
         self.live = {"all": len(bundle.items)} | {
             f"cluster_{c.cluster_id}": len(c.item_rows) for c in bundle.clusters
         }
-        self.cluster_of_row: dict[int, list[int]] = {}
-        for c in bundle.clusters:
-            for row in c.item_rows.tolist():
-                self.cluster_of_row.setdefault(int(row), []).append(c.cluster_id)
+        # Which clusters hold a row, for removals: the bundle's rows are looked up in each
+        # cluster's sorted rows (sorted on the first removal, not at start-up: a dict of a
+        # million rows cost seconds and hundreds of MiB); added rows are noted here.
+        self._sorted_cluster_rows: list[np.ndarray] | None = None
+        self._added_to_clusters: dict[int, list[int]] = {}
         self.log_path = log_path
         if log_path is not None and log_path.exists():
             self._replay(log_path)
@@ -154,7 +155,7 @@ class Catalogue:
                 cluster = bundle.clusters[int(c)]
                 self._insert(cluster.index, f"cluster_{int(c)}", stored[mask], rows[mask])
                 for row in rows[mask]:
-                    self.cluster_of_row.setdefault(int(row), []).append(int(c))
+                    self._added_to_clusters.setdefault(int(row), []).append(int(c))
 
     def _insert(self, index: object, name: str, stored: np.ndarray, rows: np.ndarray) -> None:
         needed = index.get_current_count() + len(rows)  # type: ignore[attr-defined]
@@ -162,6 +163,19 @@ class Catalogue:
             index.resize_index(max(needed, 2 * index.get_max_elements()))  # type: ignore[attr-defined]
         index.add_items(stored, rows)  # type: ignore[attr-defined]
         self.live[name] += len(rows)
+
+    def clusters_of_row(self, row: int) -> list[int]:
+        """IDs of the clusters whose index holds `row` (bundle rows and added ones)."""
+        if row in self._added_to_clusters:
+            return self._added_to_clusters[row]
+        if self._sorted_cluster_rows is None:
+            self._sorted_cluster_rows = [np.sort(c.item_rows) for c in self.bundle.clusters]
+        out = []
+        for cluster_id, rows in enumerate(self._sorted_cluster_rows):
+            at = int(np.searchsorted(rows, row))
+            if at < len(rows) and rows[at] == row:
+                out.append(cluster_id)
+        return out
 
     def _remove(self, item_ids: Sequence[str]) -> int:
         bundle = self.bundle
@@ -174,7 +188,7 @@ class Catalogue:
                 self.removed.add(row)
                 bundle.all_items_index.mark_deleted(row)
                 self.live["all"] -= 1
-                for c in self.cluster_of_row.get(row, []):
+                for c in self.clusters_of_row(row):
                     bundle.clusters[c].index.mark_deleted(row)
                     self.live[f"cluster_{c}"] -= 1
                 count += 1
