@@ -250,12 +250,15 @@ class Dispatcher:
         try:
             yield
         except asyncio.CancelledError:
-            self.metrics.requests.labels(rpc=rpc, code="CANCELLED").inc()
+            self.metrics.count(rpc, "CANCELLED")
             raise
         except Exception as exc:
-            self.metrics.requests.labels(rpc=rpc, code=status_name(exc)).inc()
+            self.metrics.count(rpc, status_name(exc))
             raise
-        self.metrics.requests.labels(rpc=rpc, code="OK").inc()
+        self.metrics.count(rpc, "OK")
+
+
+_timeout = getattr(asyncio, "timeout", None)
 
 
 def _remaining(deadline: float | None, expired: str) -> float | None:
@@ -273,6 +276,9 @@ async def _within(work: Awaitable[T], remaining: float | None) -> T:
     if remaining is None:
         return await work
     try:
+        if _timeout is not None:  # Python ≥ 3.11: no extra task per call (~5 µs less)
+            async with _timeout(remaining):
+                return await work
         return await asyncio.wait_for(work, remaining)
     except asyncio.TimeoutError as exc:
         raise DeadlineExceeded("deadline passed while the request was queued") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -40,6 +41,8 @@ class Metrics:
         self.bundle = Gauge(
             "irec_bundle_info", "The served bundle (value 1)", ["version"], registry=self.registry
         )
+        self._latency_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str], Any] = {}
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth at scrape time."""
@@ -51,9 +54,25 @@ class Metrics:
         self.bundle.labels(version=version).set(1)
 
     def observe_stages(self, rpc: str, **stages_ms: float) -> None:
-        """Record per-stage milliseconds of one request."""
+        """Record per-stage milliseconds of one request.
+
+        The labelled children are looked up once per (rpc, stage) and kept: prometheus'
+        `labels()` costs more than the observation itself (benchmarks/results: ~15 µs of
+        the ~25 µs this took per request with five stages).
+        """
+        children = self._latency_children
         for stage, ms in stages_ms.items():
-            self.latency.labels(rpc=rpc, stage=stage).observe(ms / 1e3)
+            child = children.get((rpc, stage))
+            if child is None:
+                child = children[(rpc, stage)] = self.latency.labels(rpc=rpc, stage=stage)
+            child.observe(ms / 1e3)
+
+    def count(self, rpc: str, code: str) -> None:
+        """Count one finished request by RPC and status code name."""
+        child = self._request_children.get((rpc, code))
+        if child is None:
+            child = self._request_children[(rpc, code)] = self.requests.labels(rpc=rpc, code=code)
+        child.inc()
 
     def serve_http(self, host: str, port: int) -> int:
         """Expose /metrics on host:port (0 = any free port); return the port."""
