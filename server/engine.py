@@ -194,7 +194,7 @@ class RecommenderEngine:
                     c.description,
                     c.size,
                     self.catalogue.live[f"cluster_{c.cluster_id}"],
-                    [(self.bundle.items[r].item_id, self.bundle.items[r].title) for r in rows],
+                    [(self.bundle.items.ids[r], self.bundle.items.titles[r]) for r in rows],
                 )
             )
         return out
@@ -365,14 +365,14 @@ class RecommenderEngine:
         ]
         if self.merge_policy.merge == "score":
             merged.sort(key=lambda item: -item.score)
-        items = self.bundle.items
+        ids = self.bundle.items.ids
         answered = [
             Interest(
                 cluster_id=g.cluster_id,
                 description=self.bundle.clusters[g.cluster_id].description,
                 weight=g.weight,
                 items=found,
-                because_item_ids=[items[r].item_id for r in reversed(g.rows)][:10],
+                because_item_ids=[ids[r] for r in reversed(g.rows)][:10],
             )
             for g, found in zip(groups, per_interest[1:], strict=True)
         ]
@@ -443,7 +443,7 @@ class RecommenderEngine:
         return rows, unknown
 
     def _render(self, rows: Sequence[int], texts: Sequence[str]) -> str:
-        item_texts = [self.bundle.items[row].text for row in rows]
+        item_texts = [self.bundle.items.texts[row] for row in rows]
         return render_history(
             [*item_texts, *texts], separator=self.bundle.manifest.history_separator
         )
@@ -467,8 +467,8 @@ class RecommenderEngine:
                 wanted = k - len(found) + len(taken)
                 more = _knn(self.bundle.all_items_index, user, wanted, live["all"])
                 found += [(row, s) for row, s in more if row not in taken][: k - len(found)]
-            items = self.bundle.items
-            return [ScoredItem(items[row].item_id, score, items[row].title) for row, score in found]
+            ids, titles = self.bundle.items.ids, self.bundle.items.titles
+            return [ScoredItem(ids[row], score, titles[row]) for row, score in found]
 
 
 def _knn(index: hnswlib.Index, vector: np.ndarray, k: int, size: int) -> list[tuple[int, float]]:

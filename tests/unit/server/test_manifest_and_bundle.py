@@ -90,3 +90,19 @@ def test_io_binding_path_gives_the_same_embeddings(bundle_dir):
     texts = ["jazz quartet", "a much longer text about haunted crypts and rituals"]
     np.testing.assert_allclose(bound.encode(texts), plain.encode(texts), rtol=1e-6, atol=1e-6)
     assert plain.io_binding is False  # CPU default
+
+
+def test_item_table_reads_back_what_it_packed_and_takes_additions() -> None:
+    from server.bundle import Item, ItemTable, PackedStrings
+
+    texts = ["Amélie (2001)", "", "東京物語", "plain"]
+    packed = PackedStrings(texts)
+    assert [packed[i] for i in range(4)] == texts and packed[-1] == "plain"
+    with pytest.raises(IndexError):
+        packed[4]
+    table = ItemTable(["a", "b", "c", "d"], ["A", "B", "C", "D"], texts)
+    assert table[2] == Item("c", "C", "東京物語")
+    assert table[1:3] == [Item("b", "B", ""), Item("c", "C", "東京物語")]
+    table.append(Item("e", "É", "new text"))
+    assert len(table) == 5 and table[4] == Item("e", "É", "new text") and table[-1].title == "É"
+    assert [item.item_id for item in table] == ["a", "b", "c", "d", "e"]
