@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks import results
 from irec.batch_inference import ScoreOptions, ScoreSummary, score
 from server.loadgen import item_ids_from_bundle
 
@@ -117,9 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic users")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    before = results.machine()
     with tempfile.TemporaryDirectory(prefix="irec-score-bench-") as tmp:
         rows = run(args.bundle, args.users, args.batch_size, args.seed, Path(tmp))
-    print(format_table(rows, os.cpu_count() or 1))
+    table = format_table(rows, os.cpu_count() or 1)
+    print(table)
+    subject = f"{args.bundle.name} {args.users} users"
+    print(f"recorded in {results.record_table('batch_throughput', subject, table, before)}")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import results
 from server import manifest as fmt
 from server.text_encoder import CPU, CUDA, TextEncoder, load_tokenizer, open_session
 
@@ -166,11 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per configuration")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = cores)")
     args = parser.parse_args(argv)
+    before = results.machine()
     encoders = build_encoders(args.bundle, args.device.split(","), args.threads)
     if not encoders:
         print("no encoder configuration could run here", file=sys.stderr)
         return 1
-    print(format_rows(run(encoders, parse_shapes(args.shapes), args.repeats)))
+    rows = run(encoders, parse_shapes(args.shapes), args.repeats)
+    table = format_rows(rows)
+    print(table)
+    subject = f"{args.bundle.name} {args.device}"
+    print(f"recorded in {results.record_table('encoder_latency', subject, table, before, rows)}")
     return 0
 
 

@@ -36,6 +36,7 @@ from onnxruntime.capi._pybind_state import quantize_matmul_8bits
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 
+from benchmarks import results
 from export.onnx_encoder import export_fp32, quantize_int8
 from irec.quality import ITEM_TEXT_MAX_LENGTH, make_split
 from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
@@ -486,7 +487,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"onnxruntime {ort.__version__}; {os.cpu_count()} CPUs, 1-min load average "
             f"{load:.1f} → {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s)\n"
         )
-        print(latency_table(variants, times, SHAPES))
+        latency = latency_table(variants, times, SHAPES)
+        print(latency)
+        record = results.record_table
+        record("encoder_variants", f"latency {model_dir.name}", latency, results.machine())
         print("\nvariants:")
         for v in variants:
             print(f"- {v.name}: {v.note}")
@@ -497,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"\n## NDCG@10 on {run_dir} ({task.users_note}; item texts re-embedded by "
                 f"each variant at {ITEM_TEXT_MAX_LENGTH} tokens)\n"
             )
-            print(quality_table(rows, len(task.texts)))
+            quality = quality_table(rows, len(task.texts))
+            print(quality)
+            record("encoder_variants", f"ndcg {run_dir.name}", quality, results.machine())
 
 
 if __name__ == "__main__":

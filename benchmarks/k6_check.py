@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks import results
 from irec.server_process import spawn_server
 from server.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
 
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two tools")
     parser.add_argument("--history-length", type=int, default=20, help="items per history")
     args = parser.parse_args(argv)
+    before = results.machine()
     k6 = find_k6()
     with tempfile.TemporaryDirectory() as tmp:
         process, port = spawn_server(
@@ -119,18 +121,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Unary Recommend, {args.concurrency} closed-loop callers, {args.seconds:.0f} s × "
         f"{args.rounds} rounds, medians over rounds\n"
     )
-    print("| load generator | RPS | p50 ms | p90 ms | p99 ms | failed |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    lines = [
+        "| load generator | RPS | p50 ms | p90 ms | p99 ms | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    medians = {}
     for name, rows in (("irec bench", ours), ("k6 1.1.0", theirs)):
-        med = {
+        med = medians[name] = {
             key: statistics.median(float(r[key]) for r in rows)
             for key in rows[0]
             if key in ("rps", "p50_ms", "p90_ms", "p99_ms", "failed")
         }
-        print(
+        lines.append(
             f"| {name} | {med['rps']:.0f} | {med['p50_ms']:.2f} | {med['p90_ms']:.2f} "
             f"| {med['p99_ms']:.2f} | {med['failed']:.0f} |"
         )
+    table = "\n".join(lines)
+    print(table)
+    subject = f"{args.bundle.name} {args.concurrency} callers"
+    path = results.record_table("k6_check", subject, table, before, medians)
+    print(f"recorded in {path}")
     return 0
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from benchmarks import results as results_file
 from server.manifest import MANIFEST_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -795,6 +796,7 @@ async def _run(
     def log(line: str) -> None:
         print(f"[peer] {line}", file=sys.stderr, flush=True)
 
+    before = results_file.machine()
     count_tokens = token_counter(model_dir / "tokenizer.json")
     texts = user_history_texts(args.texts, args.seed, count_tokens)
     servers: dict[str, PeerProcess] = {}
@@ -899,6 +901,7 @@ async def _run(
             report.append(f"- {name}, {label}: {m.errors} errors, first: {m.first_error}")
     text = "\n".join(report)
     print(text)
+    results_file.record_table("peer", str(args.bundle.name), text, before)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")

@@ -35,6 +35,7 @@ import hnswlib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks import results as results_file
 from export.item_index import build_index, save_index
 from server.bundle import load_index
 from server.manifest import HnswParams
@@ -445,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SASRec-format `user item` file for the real catalogue's queries",
     )
     args = parser.parse_args(argv)
+    before = results_file.machine()
     cache_dir = None if args.no_cache else args.cache_dir
 
     def log(message: str) -> None:
@@ -464,7 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{HnswParams().ef_construction}) vs exact search; top-{K}, {args.queries} queries, "
         f"one thread, median of {args.repeats}; {os.cpu_count()} cores on this machine.\n"
     )
-    print(markdown(results))
+    table = markdown(results)
+    print(table)
+    subject = f"sizes {','.join(map(str, args.sizes))}" + (" + real" if args.real_bundle else "")
+    print(f"recorded in {results_file.record_table('retrieval', subject, table, before)}")
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import results as results_file
 from export.bundle_writer import (
     checksum_files,
     new_version,
@@ -45,6 +46,9 @@ from export.item_index import build_index, save_index
 from server import manifest as fmt
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+# Issue 12's goals: seconds to SERVING and RSS at these catalogue sizes.
+GOALS_S = {100_000: 4.0, 1_000_000: 20.0}
+GOALS_RSS_MIB = {1_000_000: 1536.0}
 DEFAULT_REPEATS = 3
 SERVICE = "recsys.v1.RecommenderService"
 # Synthetic item vectors: a source item vector plus Gaussian noise of this fraction of the
@@ -275,6 +279,49 @@ def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
     return Startup(seconds, rss, peak)
 
 
+@dataclass(frozen=True)
+class Reload:
+    """A hot reload of the same bundle into a serving server: time, RSS after, peak RSS."""
+
+    seconds: float
+    rss: int
+    peak_rss: int
+
+
+def measure_reload(bundle: Path, timeout_s: float = 600.0) -> Reload:
+    """Serve the bundle, then ReloadBundle it again: both are held while the new one loads."""
+    import grpc
+
+    from irec.server_process import spawn_server
+    from server.generated.recsys.v1 import recommender_pb2 as pb
+    from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    with tempfile.TemporaryDirectory(prefix="irec-reload-") as tmp:
+        with (Path(tmp) / "serve.log").open("w") as log:
+            process, port = spawn_server(
+                ["--bundle", str(bundle), "--device", "cpu"],
+                Path(tmp) / "port",
+                stdout=log,
+                timeout_s=timeout_s,
+            )
+            try:
+                wait_serving(port, timeout_s)
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    admin = pb_grpc.RecommenderAdminStub(channel)
+                    started = time.perf_counter()
+                    admin.ReloadBundle(pb.ReloadBundleRequest(path=str(bundle)), timeout=timeout_s)
+                    seconds = time.perf_counter() - started
+                rss, peak = _status_bytes(process.pid)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except Exception:
+                    process.kill()
+                    process.wait()
+    return Reload(seconds, rss, peak)
+
+
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -355,6 +402,21 @@ def markdown(results: Sequence[SizeResult]) -> str:
     return "\n".join(lines)
 
 
+def as_json(result: SizeResult) -> dict[str, Any]:
+    """One size's figures as startup.json records them (medians; MiB)."""
+    return {
+        "label": result.label,
+        "items": result.items,
+        "bundle_mib": result.bundle_bytes / 2**20,
+        "seconds_to_serving": statistics.median(s.seconds for s in result.starts),
+        "rss_mib": statistics.median(s.rss for s in result.starts) / 2**20,
+        "peak_rss_mib": statistics.median(s.peak_rss for s in result.starts) / 2**20,
+        "starts_s": [s.seconds for s in result.starts],
+        "goal_s": GOALS_S.get(result.items),
+        "goal_rss_mib": GOALS_RSS_MIB.get(result.items),
+    }
+
+
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -386,7 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--breakdown", action="store_true", help="also time the load stages of the largest bundle"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=Path, help="where startup.json goes")
+    parser.add_argument(
+        "--reload", action="store_true", help="also hot-reload the largest bundle once, measured"
+    )
     args = parser.parse_args(argv)
+    before = results_file.machine()
 
     def log(message: str) -> None:
         print(f"[startup] {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
@@ -395,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = fmt.read_manifest(source)
     name = manifest.model_name.split("/")[-1] + (" + head" if manifest.sequence_head else "")
     results = [measure(f"source ({name})", source, manifest.num_items, args.repeats, log)]
+    sources = {manifest.num_items}
     bundles = []
     for n in args.sizes:
         out = (
@@ -411,12 +479,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} cores on this machine.\n"
     )
     print(markdown(results))
+    stages: dict[str, float] = {}
     if args.breakdown and bundles:
         stages = load_breakdown(bundles[-1])
         print(f"\nLoad stages of the {args.sizes[-1]:,}-item bundle (in-process, one run):\n")
         print("| stage | s |\n|---|---:|")
         for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
             print(f"| {stage} | {seconds:.2f} |")
+    reload: dict[str, float] = {}
+    if args.reload and bundles:
+        done = measure_reload(bundles[-1])
+        reload = {
+            "reload_s": done.seconds,
+            "rss_after_reload_mib": done.rss / 2**20,
+            "peak_rss_during_reload_mib": done.peak_rss / 2**20,
+        }
+        print(f"\nReload of the {args.sizes[-1]:,}-item bundle into itself: {reload}")
+    entries = {
+        str(r.items): {
+            **as_json(r),
+            "source": r.items in sources and r.label.startswith("source"),
+            **({"load_stages_s": stages} if stages and r is results[-1] else {}),
+            **(reload if reload and r is results[-1] else {}),
+        }
+        for r in results
+    }
+    path = results_file.record(
+        "startup", "sizes", entries, before, args.results_dir, list(argv) if argv else None
+    )
+    print(f"\nrecorded in {path}")
     return 0
 
 

@@ -277,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--target", default=default_target(), help="server HOST:PORT")
     a.add(
         "--rpc",
-        choices=["recommend", "recommend-stream", "embed", "embed-stream"],
+        choices=["recommend", "recommend-stream", "embed", "embed-stream", "health"],
         default="recommend",
-        help="which RPC to drive",
+        help="which RPC to drive (health: a trivial Check, the transport's own floor)",
     )
     a.add(
         "-c",

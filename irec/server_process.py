@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,11 +23,13 @@ def spawn_server(
     timeout_s: float = 120.0,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    cpus: AbstractSet[int] | None = None,
 ) -> tuple[subprocess.Popen[Any], int]:
     """Run `irec serve SERVE_ARGS --port 0 --port-file PORT_FILE`; return (process, port).
 
     The server writes the port only once it is serving, so no port is chosen in
-    advance and nothing races for it.
+    advance and nothing races for it. `cpus` pins the server (every thread it will
+    start) to those cores, so a benchmark's load generator can run on others.
     """
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
@@ -45,6 +48,7 @@ def spawn_server(
         stderr=subprocess.STDOUT if stdout is not None else None,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         cwd=cwd,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     deadline = time.monotonic() + timeout_s
     while not port_file.exists():

@@ -28,13 +28,16 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.client import call_security, open_channel
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.manifest import ITEMS_FILE
 
-RPCS = ("recommend", "recommend-stream", "embed", "embed-stream")
+# "health" is the transport's floor: a trivial unary call (grpc.health.v1 Check) on the
+# same server, channel and interceptors, with none of our work behind it.
+RPCS = ("recommend", "recommend-stream", "embed", "embed-stream", "health")
 
 # Words for synthetic free-text histories when no item IDs are given.
 _WORDS = (
@@ -42,6 +45,8 @@ _WORDS = (
     "animation musical mystery crime family war history science fiction fantasy noir"
 ).split()
 
+
+_HEALTH_SERVICE = "recsys.v1.RecommenderService"
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
@@ -163,6 +168,8 @@ def build_requests(spec: LoadSpec, count: int = 512) -> list[Any]:
     """A seeded pool of requests that the callers cycle through."""
     rng = random.Random(spec.seed)
     pool: list[Any] = []
+    if spec.rpc == "health":
+        return [health_pb2.HealthCheckRequest(service=_HEALTH_SERVICE)]
     for i in range(count):
         if spec.rpc.startswith("embed"):
             texts = [_sentence(rng, 12) for _ in range(spec.texts_per_request)]
@@ -216,8 +223,11 @@ async def _unary_caller(
     offset: int,
     recorder: _Recorder,
     metadata: list[tuple[str, str]] | None,
+    health: health_pb2_grpc.HealthStub | None = None,
 ) -> None:
     method = stub.Embed if spec.rpc == "embed" else stub.Recommend
+    if health is not None:
+        method = health.Check
     i = offset
     while recorder.running(time.perf_counter()):
         request = pool[i % len(pool)]
@@ -285,13 +295,18 @@ async def _drive(spec: LoadSpec, callers: int, first: int, start_at: float) -> d
             share = spec.requests // spec.processes
             budget = share + (spec.requests - share * spec.processes if first == 0 else 0)
         recorder = _Recorder(measure_from, measure_until, budget)
-        caller = _stream_caller if spec.rpc.endswith("stream") else _unary_caller
-        await asyncio.gather(
-            *(
-                caller(stub, spec, pool, (first + c) * 97, recorder, metadata)
+        if spec.rpc.endswith("stream"):
+            callers_run = [
+                _stream_caller(stub, spec, pool, (first + c) * 97, recorder, metadata)
                 for c in range(callers)
-            )
-        )
+            ]
+        else:
+            health = health_pb2_grpc.HealthStub(channel) if spec.rpc == "health" else None
+            callers_run = [
+                _unary_caller(stub, spec, pool, (first + c) * 97, recorder, metadata, health)
+                for c in range(callers)
+            ]
+        await asyncio.gather(*callers_run)
     return {
         "latencies": recorder.latencies,
         "errors": dict(recorder.errors),

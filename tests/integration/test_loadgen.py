@@ -9,6 +9,7 @@ import pytest
 
 from irec.cli import main
 from server.loadgen import (
+    RPCS,
     LoadSpec,
     LoadSpecError,
     build_requests,
@@ -19,7 +20,7 @@ from server.loadgen import (
 from tests.conftest import LiveServer
 
 
-@pytest.mark.parametrize("rpc", ["recommend", "recommend-stream", "embed", "embed-stream"])
+@pytest.mark.parametrize("rpc", RPCS)
 def test_each_rpc_is_driven_and_timed(live_server: LiveServer, bundle_dir: Path, rpc: str) -> None:
     spec = LoadSpec(
         target=live_server.target,
