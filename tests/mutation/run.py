@@ -42,7 +42,7 @@ TARGETS = {
     ),
     "metrics": Target(
         "server/metrics.py",
-        ("tests/integration/test_metrics.py",),
+        ("tests/unit/server/test_metrics.py", "tests/integration/test_metrics.py"),
         180.0,
     ),
 }
