@@ -85,6 +85,19 @@ def _sample(session: Path, size: int, seed: int) -> tuple[int, int]:
         return size, total
 
 
+def _reopen_survivors(session: Path) -> int:
+    """Forget the survivors' results, so `exec` runs them again; return how many.
+
+    Tests are only ever added between runs, so a killed mutant stays killed: after new
+    tests, rerunning the survivors measures the same sample as a full run would.
+    """
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        cursor = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        return cursor.rowcount
+
+
 def _summary(session: Path, module: str) -> tuple[int, int, str]:
     """(killed, run, text): the counts and every survivor's diff."""
     from cosmic_ray.work_db import use_db
@@ -119,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=50, help="mutants per module (0 = all)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=ROOT / ".mutation")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="rerun only the survivors of the last run's sample (in --out), e.g. after new tests",
+    )
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         config = args.out / f"{name}.toml"
         session = args.out / f"{name}.sqlite"
         config.write_text(_config(target))
-        session.unlink(missing_ok=True)
-        subprocess.run([*cosmic, "init", str(config), str(session)], check=True)
-        kept, total = _sample(session, args.sample, args.seed)
-        print(f"[mutation] {target.module}: {kept} of {total} mutants (seed {args.seed})")
+        if args.survivors:
+            again = _reopen_survivors(session)
+            print(f"[mutation] {target.module}: the {again} survivors again")
+        else:
+            session.unlink(missing_ok=True)
+            subprocess.run([*cosmic, "init", str(config), str(session)], check=True)
+            kept, total = _sample(session, args.sample, args.seed)
+            print(f"[mutation] {target.module}: {kept} of {total} mutants (seed {args.seed})")
         # The unmutated tests must pass (this also fills the bundle cache).
         subprocess.run([*cosmic, "baseline", str(config)], check=True)
         subprocess.run([*cosmic, "exec", str(config), str(session)], check=True)
