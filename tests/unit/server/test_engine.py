@@ -236,3 +236,63 @@ def test_list_clusters_keeps_all_top_items_by_default_and_counts_live_items(bund
     engine.catalogue.remove([victim])
     assert engine.num_items == before - 1
     assert engine.list_clusters()[0].num_items == listed[0].num_items - 1
+
+
+def test_free_texts_reach_the_head_each_with_its_own_query(engine):
+    bundle = engine.bundle
+    assert bundle.head is not None  # the tiny bundle is trained with a sequence head
+    queries = [
+        RecommendQuery(history_item_ids=["1"], history_texts=["jazz saxophone", "blue note"]),
+        RecommendQuery(history_texts=["haunted crypt"]),
+        RecommendQuery(history_item_ids=["2", "3"]),
+    ]
+    got = engine.user_vectors([engine.prepare(q) for q in queries])
+    # All free texts of a batch are encoded in one run (the int8 encoder's activation
+    # scales depend on the run, so the same run here), then each query gets its own.
+    encoded = bundle.encoder.encode(["jazz saxophone", "blue note", "haunted crypt"])
+    expected = bundle.head.user_vectors(
+        [
+            ([bundle.row_of_item["1"]], encoded[0:2]),
+            ([], encoded[2:3]),
+            ([bundle.row_of_item["2"], bundle.row_of_item["3"]], None),
+        ]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Batched or alone, a query's vector is the same (up to the int8 run's scales).
+    alone = engine.user_vectors([engine.prepare(queries[1])])[0]
+    cosine = got[1] @ alone / (np.linalg.norm(got[1]) * np.linalg.norm(alone))
+    assert cosine > 0.999
+
+
+def test_stage_times_are_milliseconds_of_the_stage(engine, monkeypatch):
+    search, users = engine._search, engine.user_vectors
+
+    def slow_search(*args, **kwargs):
+        time.sleep(0.05)
+        return search(*args, **kwargs)
+
+    def slow_users(*args, **kwargs):
+        time.sleep(0.03)
+        return users(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_search", slow_search)
+    monkeypatch.setattr(engine, "user_vectors", slow_users)
+    started = time.perf_counter()
+    result = engine.recommend(RecommendQuery(history_item_ids=["1"], k=3))
+    wall_ms = (time.perf_counter() - started) * 1e3
+    assert 50 <= result.timing.search_ms and 30 <= result.timing.encode_ms
+    assert result.timing.search_ms + result.timing.encode_ms <= wall_ms
+
+
+def test_item_unit_vectors_are_the_items_normalised(engine):
+    vectors = engine.bundle.item_embeddings
+    unit = engine.item_unit
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(unit * vectors, axis=1) / np.linalg.norm(vectors, axis=1)
+    np.testing.assert_allclose(cosine, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [-1, -50])
+def test_negative_k_is_refused(engine, k):
+    with pytest.raises(InvalidArgument, match=rf"k: {k} is out of range"):
+        engine.prepare(RecommendQuery(history_item_ids=["1"], k=k))
