@@ -149,6 +149,13 @@ def test_the_whole_catalogue_is_answered_with_or_without_the_seen_items(bundle_d
         RecommendQuery(history_item_ids=history, k=everything, include_seen_items=True)
     )
     assert {i.item_id for i in seen.items} == {i.item_id for i in engine.bundle.items}
+    # Cluster mode: the user's cluster cannot hold them all, so the rest are topped up
+    # from the whole catalogue, each unseen item once.
+    topped = engine.recommend(
+        RecommendQuery(history_item_ids=history, k=everything - 3, mode=RetrievalMode.CLUSTER)
+    )
+    got = [i.item_id for i in topped.items]
+    assert len(got) == len(set(got)) == everything - 3 and not set(got) & set(history)
     with pytest.raises(InvalidArgument, match="k: "):
         engine.recommend(RecommendQuery(history_item_ids=history, k=everything + 1))
 
