@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 50051
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast stress lint typecheck imports proto proto-check serve clean bench-peer
+.PHONY: help venv demo test test-fast stress mutation lint typecheck imports proto proto-check serve clean bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,15 @@ COUNT ?= 5
 
 stress: $(STAMP) ## the concurrency tests COUNT times each (pytest-repeat; COUNT=5), niced
 	nice -n 10 $(BIN)/pytest --count $(COUNT) -x $(STRESS_TESTS)
+
+# Mutation check (cosmic-ray) of the serving core, not part of `make test`: a seeded sample
+# of SAMPLE mutants per module, each against only the tests of that module; summaries and
+# survivors' diffs in .mutation/. Bounded: ~40 min on 2 busy cores with the defaults.
+SAMPLE ?= 40
+MUTATE ?= engine metrics
+
+mutation: $(STAMP) ## cosmic-ray on server/engine.py, server/metrics.py (SAMPLE=40 each), niced
+	nice -n 10 $(BIN)/python -m tests.mutation.run $(MUTATE) --sample $(SAMPLE)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -500,6 +500,7 @@ class QualityRun:
         loss = 1 - served["ndcg@10"]["mean"] / max(exact["ndcg@10"]["mean"], 1e-12)
         self.report["served"] = {
             "metrics": served,
+            "inprocess": served_vs_inprocess(ranks, self.head_ranks, depth=50),
             "coverage@10": coverage(np.array([row[:10] for row in lists]), self.num_items),
             "relative_ndcg@10_loss": loss,
             "requests": len(lists),
@@ -883,6 +884,29 @@ class QualityRun:
             f"{rows['pretrained encoder, cosine to the last item']['ndcg@10']['mean']:.4f}",
             flush=True,
         )
+
+
+def served_vs_inprocess(served: np.ndarray, inprocess: np.ndarray, depth: int) -> dict[str, Any]:
+    """The served engine's per-user ranks against the in-process model's, same users.
+
+    `served` are ranks within the engine's top-`depth` lists (absent: a huge number);
+    `inprocess` the exact full-catalogue ranks of the torch model. Ranks at or past
+    `depth` count as one miss on both sides, so the two are compared where both are
+    defined: NDCG@10 and HR@10 per user, and how many users' ranks differ at all.
+    """
+    a = np.minimum(served, depth)
+    b = np.minimum(inprocess, depth)
+    ndcg_a = np.where(a < 10, 1 / np.log2(a + 2), 0.0)
+    ndcg_b = np.where(b < 10, 1 / np.log2(b + 2), 0.0)
+    return {
+        "users": int(len(a)),
+        "ndcg@10": float(ndcg_b.mean()),
+        "served_ndcg@10": float(ndcg_a.mean()),
+        "ndcg@10_abs_diff": float(abs(ndcg_a.mean() - ndcg_b.mean())),
+        "hr@10_abs_diff": float(abs((a < 10).mean() - (b < 10).mean())),
+        "users_rank_differs": int((a != b).sum()),
+        "max_rank_shift": int(np.abs(a - b).max()) if len(a) else 0,
+    }
 
 
 def _random_ranking(histories: list[list[int]], num_items: int) -> dict[str, Any]:

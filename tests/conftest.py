@@ -7,6 +7,7 @@ and serving code runs on a 2-layer, 32-wide BERT and a small demo dataset.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,11 +59,25 @@ def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle; with IREC_TEST_BUNDLE_CACHE=DIR, built once into DIR and reused.
+
+    The cache is for `make mutation`, which reruns a few test files per mutant: the
+    training (~20 s) would otherwise dominate each run. Tests never write into a bundle.
+    """
+    import shutil
+
     from export.bundle_writer import export_run
 
+    cache = os.environ.get("IREC_TEST_BUNDLE_CACHE")
+    if cache and (Path(cache) / "tiny" / "manifest.json").exists():
+        return Path(cache) / "tiny"
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_run(trained_run, out)
+    export_run(request.getfixturevalue("trained_run"), out)
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        shutil.copytree(out, Path(cache) / "tiny.partial", dirs_exist_ok=True)
+        (Path(cache) / "tiny.partial").rename(Path(cache) / "tiny")
     return out
 
 

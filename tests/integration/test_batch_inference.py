@@ -120,7 +120,7 @@ def test_local_backend_answers_like_the_server(users_dir, local_scores, live_ser
     assert set(scores) == {row["user_id"] for row in inputs}
     assert summary.rows == len(inputs) and summary.parts_written == 3 + 3
     assert summary.errors == 2
-    with RecommenderClient(live_server.target) as client:
+    with RecommenderClient(live_server.target, timeout_s=30) as client:
         for row in inputs:
             got = scores[row["user_id"]]
             request = make_request(

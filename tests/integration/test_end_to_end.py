@@ -213,7 +213,7 @@ def test_async_client_unary_and_ordered_stream(live_server):
     from server.client import AsyncRecommenderClient, make_request
 
     async def scenario():
-        async with AsyncRecommenderClient(live_server.target) as client:
+        async with AsyncRecommenderClient(live_server.target, timeout_s=30) as client:
             one = await client.recommend(make_request(["1", "2"], k=3))
             requests = [make_request([str(i + 1)], k=2, request_id=f"r{i}") for i in range(40)]
             ids = [r.request_id async for r in client.recommend_stream(requests, ordered=True)]

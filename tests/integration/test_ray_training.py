@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ray = pytest.importorskip(
-    "ray", reason="the Ray backend needs the `ray` extra: pip install 'irec[ray]'"
-)
-pytest.importorskip("ray.train.torch", reason="Ray Train needs ray[train] (pydantic)")
+from tests.optional import require_module
+
+# Absent: skipped locally, a failure under CI=true. Installed but broken (Ray Train
+# without pydantic, say): the ImportError fails the module everywhere.
+ray = require_module("ray", "the ray extra: pip install 'irec[ray]'")
+require_module("ray.train.torch", "the ray extra: ray[train]")
 
 WORKERS = 2
 
@@ -68,20 +70,26 @@ def test_ray_data_embeddings_equal_local(backend, trained_run: Path) -> None:  #
 
 
 def test_streaming_clusters_agree_with_local_kmeans(backend, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     from training.cluster import choose_k
 
     users = np.load(trained_run / "user_embeddings.npy")
-    local_labels = np.array(json.loads((trained_run / "users.json").read_text())["cluster"])
     items = np.load(trained_run / "item_embeddings.npy")
     user_items = [[0]] * len(users)  # descriptions are not under test here
     terms = [["x"]] * len(items)
 
     fixed = backend.cluster(users, items, user_items, terms, k=12, seed=0)
     assert fixed.centroids.shape == (12, users.shape[1]) and sum(fixed.sizes) == len(users)
-    ari = adjusted_rand_score(local_labels, fixed.labels)
-    assert ari >= 0.8, f"adjusted Rand vs local K-Means {ari:.3f}"
+    # The local backend's K-Means (training.cluster.cluster_users: n_init 10, the seed) on
+    # the same users. With 600 users the Ray sample is all of them, so the streaming
+    # refinement starts at these very centroids; its mini-batch passes move no user
+    # across a border here: the same partition (adjusted Rand exactly 1.0, as the README
+    # says; measured with the rows in three orders). Deterministic: seeded, one batch.
+    local = KMeans(n_clusters=12, n_init=10, random_state=0).fit(users).labels_
+    ari = adjusted_rand_score(local, fixed.labels)
+    assert ari == 1.0, f"adjusted Rand vs local K-Means {ari:.4f}"
 
     auto = backend.cluster(users, items, user_items, terms, k=None, seed=0)
     # K is chosen by the same rule on the same seeded sample as locally.

@@ -95,3 +95,36 @@ def test_a_stray_item_is_not_an_interest_and_the_merge_follows_the_weights():
     order = merge_order([6, 3, 1])
     assert order[0] == (0, 0) and len(order) == 10
     assert [i for i, _ in order].count(1) == 3 and order.index((2, 0)) > order.index((1, 0))
+
+
+@pytest.mark.parametrize("merge", ["quota", "score"])
+def test_the_merged_list_follows_the_policy(engine, merge):
+    policy = dataclasses.replace(engine.merge_policy, merge=merge)
+    served = RecommenderEngine(engine.bundle)
+    served.merge_policy = policy
+    history, _, _ = _two_interest_history(engine)
+    result = served.recommend(RecommendQuery(history_item_ids=history, k=10, num_interests=2))
+    merged = [i.item_id for i in result.items]
+    assert len(merged) == len(set(merged)) == 10
+    if merge == "score":
+        scores = [i.score for i in result.items]
+        assert scores == sorted(scores, reverse=True)
+        return
+    # "quota": the whole history's list and each interest's, interleaved by weighted rank.
+    interest_lists = [[i.item_id for i in n.items] for n in result.interests]
+    in_interests = {i for items in interest_lists for i in items}
+    lists = [[i for i in merged if i not in in_interests], *interest_lists]
+    share = policy.whole_history_share
+    weights = [share] + [(1 - share) * n.weight for n in result.interests]
+    quotas = split_budget(weights, 10)
+    assert [len(items) for items in lists] == quotas
+    assert merged == [lists[i][rank] for i, rank in merge_order(quotas)]
+
+
+def test_each_interest_names_its_ten_most_recent_history_items(engine):
+    history, jazz, horror = _two_interest_history(engine)
+    assert len(jazz & set(history)) == 15
+    result = engine.recommend(RecommendQuery(history_item_ids=history, k=10, num_interests=2))
+    by_group = {frozenset(n.because_item_ids) <= jazz: n.because_item_ids for n in result.interests}
+    assert by_group[True] == [i for i in reversed(history) if i in jazz][:10]
+    assert by_group[False] == [i for i in reversed(history) if i in horror][:10]
