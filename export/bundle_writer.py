@@ -288,6 +288,19 @@ def new_version(files: dict[str, str]) -> str:
     return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{content_hash}"
 
 
+def new_item_setting(info: dict) -> tuple[int, float]:
+    """(neighbours, weight) for items added after training.
+
+    The run's validation choice (run.json `new_items`, written by `irec train`), else the
+    defaults.
+    """
+    chosen = info.get("new_items") or {}
+    return (
+        int(chosen.get("neighbours", DEFAULT_NEIGHBOURS)),
+        float(chosen.get("weight", DEFAULT_ID_WEIGHT)),
+    )
+
+
 def _add_new_items(
     run: RunFolder,
     info: dict,
@@ -318,18 +331,19 @@ def _add_new_items(
         print(f"[export] {len(added)} new items enter by their text alone", flush=True)
     else:
         head = run.load_head()
+        neighbours, weight = new_item_setting(info)
         vectors = new_item_vectors(
             text,
             head.text_projection.weight.detach().numpy(),
             head.item_text[1:].numpy(),
             item_embeddings,
-            DEFAULT_NEIGHBOURS,
-            DEFAULT_ID_WEIGHT,
+            neighbours,
+            weight,
         )
         head_text = text
         print(
             f"[export] {len(added)} new items enter by their text and an ID part borrowed "
-            f"from their {DEFAULT_NEIGHBOURS} nearest trained items",
+            f"from their {neighbours} nearest trained items × {weight:g}",
             flush=True,
         )
     return added, np.vstack([item_embeddings, vectors.astype(np.float32)]), head_text
@@ -344,6 +358,7 @@ def _export_head(
 ) -> fmt.SequenceHeadSpec:
     """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
     print("[export] sequence head → ONNX", flush=True)
+    neighbours, weight = new_item_setting(run.info())
     head = run.load_head()
     export_head(head, stage / fmt.USER_HEAD_FILE)
     rng = np.random.default_rng(1)
@@ -359,8 +374,8 @@ def _export_head(
     if new_text is not None:
         text = np.vstack([text, new_text.astype(np.float32)])
     np.save(stage / fmt.ITEM_TEXT_EMBEDDINGS_FILE, text)
-    weight = head.text_projection.weight.detach().numpy().astype(np.float32)
-    np.save(stage / fmt.ITEM_TEXT_PROJECTION_FILE, weight)
+    projection = head.text_projection.weight.detach().numpy().astype(np.float32)
+    np.save(stage / fmt.ITEM_TEXT_PROJECTION_FILE, projection)
     spec = fmt.SequenceHeadSpec(
         file=fmt.USER_HEAD_FILE,
         text_embeddings=fmt.ITEM_TEXT_EMBEDDINGS_FILE,
@@ -369,8 +384,8 @@ def _export_head(
         parity_cosine_min=round(parity, 6),
         trained_items=num_items,
         projection=fmt.ITEM_TEXT_PROJECTION_FILE,
-        new_item_neighbours=DEFAULT_NEIGHBOURS,
-        new_item_id_weight=DEFAULT_ID_WEIGHT,
+        new_item_neighbours=neighbours,
+        new_item_id_weight=weight,
     )
     if interests is not None:
         merge, share, default = interests

@@ -27,7 +27,7 @@ from sklearn.metrics import (
 )
 
 from server.new_items import new_item_vectors
-from training import baselines
+from training import baselines, new_item_choice
 from training.cluster import cluster_users, dominant_terms, item_terms
 from training.data import load_spec
 from training.evaluate import coverage, summarise, target_ranks, top_k
@@ -54,8 +54,9 @@ TEXT_HISTORY_ITEMS = 50
 # Weights of the ID part a cold item borrows from its text neighbours (chosen on validation).
 # A mean of many neighbours' ID parts is shorter than one item's, so weights above 1 are
 # in the grid (the best on ML-1M cold validation was 2.0, the old grid's edge).
-IMPUTED_ID_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-IMPUTED_ID_NEIGHBOURS = (5, 20)
+# The same grid and warm budget as `irec train` (training.new_item_choice).
+IMPUTED_ID_WEIGHTS = new_item_choice.WEIGHTS
+IMPUTED_ID_NEIGHBOURS = new_item_choice.NEIGHBOURS
 # Per-interest answers compared with the single user vector (served engine, k = 50).
 # name → (interests, merge, whole-history share)
 INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
@@ -67,7 +68,7 @@ INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
 }
 INTEREST_USERS = 2000
 INTEREST_MAX_NDCG_LOSS = 0.03
-MAX_WARM_LOSS = 0.01  # the cold-item weight may cost warm validation NDCG@10 at most 1%
+MAX_WARM_LOSS = new_item_choice.MAX_WARM_LOSS  # what the cold-item weight may cost warm users
 TRACKS = ("warm", "text_history", "cold")
 TEXT_ONLY_ROW = "ours, every item by text alone (no ID part)"
 OURS = "irec: text + ID sequence head (torch, exact)"
@@ -823,25 +824,15 @@ class QualityRun:
                 ranks = target_ranks(uv @ vectors_.T, hs, ts)
                 return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
 
-            tried: list[dict[str, float]] = []
-            for neighbours in IMPUTED_ID_NEIGHBOURS:
-                for weight in IMPUTED_ID_WEIGHTS:
-                    if weight == 0 and tried:
-                        continue  # no imputed part: the same for every neighbour count
-                    candidate = served_as_new(neighbours, weight)
-                    tried.append(
-                        {
-                            "neighbours": neighbours,
-                            "weight": weight,
-                            "cold": val_ndcg("cold", candidate),
-                            "warm": val_ndcg("warm", candidate),
-                        }
-                    )
-            warm_floor = tried[0]["warm"] * (1 - MAX_WARM_LOSS)
-            best_try = max(
-                (t for t in tried if t["warm"] >= warm_floor), key=lambda t: (t["cold"], t["warm"])
+            def measure(neighbours: int, weight: float) -> tuple[float, float]:
+                candidate = served_as_new(neighbours, weight)
+                return val_ndcg("cold", candidate), val_ndcg("warm", candidate)
+
+            best_try, tries = new_item_choice.choose(
+                measure, IMPUTED_ID_NEIGHBOURS, IMPUTED_ID_WEIGHTS, MAX_WARM_LOSS
             )
-            best, best_n = best_try["weight"], int(best_try["neighbours"])
+            tried = [asdict(t) for t in tries]
+            best, best_n = best_try.weight, best_try.neighbours
             chosen = served_as_new(best_n, best)
             rows["ours"] = row(users_v @ chosen.T)
             # The same model for users whose test item is warm: what the imputation costs.

@@ -34,6 +34,7 @@ from training.data import DataError, load_spec
 from training.evaluate import popularity_scores, target_ranks
 from training.finetune import FinetuneConfig, finetune
 from training.item_tower import EncoderTuning, ItemTextTower
+from training.new_item_choice import choose_for_run as choose_new_items
 from training.run_folder import TENSORBOARD_DIR, write_run
 from training.sequence_head import HeadConfig, SequenceHead, score_users, train_head
 from training.text import render_items, render_titles
@@ -496,6 +497,10 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             log_dir=workdir / TENSORBOARD_DIR,
         )
     texts = render_items(items)
+    new_items: dict[str, Any] | None = None
+    if model.head is not None:
+        with timer.stage("new-item setting"):
+            new_items = _new_item_setting(model, val_histories, val_targets, texts, config.seed)
     with timer.stage("cluster users"):
         user_vectors = model.user_vectors(sequences, texts)
         item_vectors = model.item_vectors()
@@ -524,12 +529,48 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             item_vectors,
             user_vectors,
             clustering,
-            run_info(config, model, dataset.name, len(users), len(items), timer.seconds),
+            {
+                **run_info(config, model, dataset.name, len(users), len(items), timer.seconds),
+                **({"new_items": new_items} if new_items else {}),
+            },
             head=model.head,
             tensorboard=workdir / TENSORBOARD_DIR,
         )
     _print_validation(model)
     return out
+
+
+def _new_item_setting(
+    model: TrainedModel,
+    histories: list[list[int]],
+    targets: list[int],
+    texts: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    """How the bundle will serve items added later, chosen on this run's validation users."""
+    head = model.head
+    assert head is not None
+    with torch.no_grad():
+        item_text = head.item_text[1:].numpy()
+        projection = head.text_projection.weight.numpy()
+    chosen = choose_new_items(
+        item_text,
+        projection,
+        model.item_vectors(),
+        model.user_vectors(histories, texts),
+        histories,
+        targets,
+        seed,
+    )
+    tried = {(t["neighbours"], t["weight"]): t for t in chosen["tried"]}
+    pick = tried[(chosen["neighbours"], chosen["weight"])]
+    print(
+        f"[train] new items: text + the ID parts of the {chosen['neighbours']} nearest trained "
+        f"items × {chosen['weight']:g} (validation NDCG@10 for stand-in new items "
+        f"{pick['cold']:.4f}, text alone {chosen['tried'][0]['cold']:.4f})",
+        flush=True,
+    )
+    return chosen
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:

@@ -30,3 +30,24 @@ def test_run_folder_holds_the_validated_model(trained_run):
     events = list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not trained_run.with_name(trained_run.name + ".partial").exists()
+
+
+def test_new_items_are_served_as_validation_chose(trained_run, bundle_dir):
+    from server import manifest as fmt
+    from training import new_item_choice as choice
+
+    run = json.loads((trained_run / "run.json").read_text())
+    spec = fmt.read_manifest(bundle_dir).sequence_head
+    if run["shipped"] != "sequence model":
+        assert "new_items" not in run and spec is None  # text bundles add items by text
+        return
+    chosen = run["new_items"]
+    assert chosen["weight"] in choice.WEIGHTS and chosen["neighbours"] in choice.NEIGHBOURS
+    assert len(chosen["tried"]) == len(choice.NEIGHBOURS) * (len(choice.WEIGHTS) - 1) + 1
+    assert "new-item setting" in run["timings_s"]
+    # The bundle serves AddItems with the setting the run chose.
+    assert spec is not None
+    assert (spec.new_item_neighbours, spec.new_item_id_weight) == (
+        chosen["neighbours"],
+        chosen["weight"],
+    )
