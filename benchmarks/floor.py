@@ -245,9 +245,14 @@ def measure(
 ) -> FloorResult:
     """All comparisons against one server; this process is pinned to the server's cores."""
     server_cores, client_cores = split_cores(os.sched_getaffinity(0))
+    # ONNX Runtime's default (0) starts a thread per physical core and binds each to its
+    # core, whatever this process's affinity: pinned, it gets one thread per core it has.
+    threads = len(server_cores) if pin else 0
     if pin:
         _pin(server_cores)  # before the engine's ONNX threads exist: they inherit it
-    config = ServerConfig(bundle=bundle, device="cpu", max_batch=max_batch)
+    config = ServerConfig(
+        bundle=bundle, device="cpu", max_batch=max_batch, intra_op_threads=threads
+    )
     engine = load_engine(bundle, config)
     item_ids = item_ids_from_bundle(bundle) if history == "ids" else ()
     with (
@@ -255,7 +260,10 @@ def measure(
         load_processes(client_cores if pin else None) as pool,
     ):
         process, port = spawn_server(
-            ["--bundle", str(bundle), "--device", "cpu", "--max-batch", str(max_batch)],
+            [
+                *("--bundle", str(bundle), "--device", "cpu", "--max-batch", str(max_batch)),
+                *("--threads", str(threads)),
+            ],
             Path(tmp) / "port",
             stdout=open(Path(tmp) / "server.log", "w"),  # noqa: SIM115 (closed with tmp)
             cpus=server_cores if pin else None,
