@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
 
+from server import manifest as fmt
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import background_server
@@ -14,7 +18,26 @@ from tests.conftest import background_server
 JAZZ = "The Midnight Saxophone (2026). Jazz. Jazz records, improvisation and live sessions."
 
 
-def test_add_remove_and_restart(bundle_dir, tmp_path):
+@pytest.fixture
+def served_bundle(bundle_dir: Path, tmp_path: Path) -> Path:
+    """The test bundle with new items served as text + 20 neighbours' ID parts × 1.0.
+
+    `irec train` chooses that setting on its validation users, so it differs between
+    trainings of the test bundle; the ranking asserted below is the one for this setting
+    (the choice itself is tested in tests/unit/training). The manifest is not among the
+    checksummed files, so the copy still loads.
+    """
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, out)
+    manifest = fmt.read_manifest(out)
+    if manifest.sequence_head is not None:
+        head = replace(manifest.sequence_head, new_item_neighbours=20, new_item_id_weight=1.0)
+        (out / fmt.MANIFEST_FILE).write_text(replace(manifest, sequence_head=head).to_json())
+    return out
+
+
+def test_add_remove_and_restart(served_bundle: Path, tmp_path: Path) -> None:
+    bundle_dir = served_bundle
     log = tmp_path / "catalogue.jsonl"
     with (
         background_server(bundle_dir, catalogue_log=log) as server,
