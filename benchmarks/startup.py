@@ -248,11 +248,12 @@ def wait_serving(port: int, timeout_s: float) -> None:
             time.sleep(0.02)
 
 
-def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
-    """Spawn `irec serve` on the bundle, time it to SERVING, read its memory, stop it."""
+@contextmanager
+def _served(bundle: Path, timeout_s: float, prefix: str) -> Iterator[tuple[int, int, float]]:
+    """`irec serve` on the bundle until SERVING: (pid, port, seconds from spawn); then stopped."""
     from irec.server_process import spawn_server
 
-    with tempfile.TemporaryDirectory(prefix="irec-startup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         log_path = Path(tmp) / "serve.log"
         with log_path.open("w") as log:
             started = time.perf_counter()
@@ -267,8 +268,7 @@ def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
                 raise RuntimeError(f"{exc}; server log:\n{log_path.read_text()[-3000:]}") from exc
             try:
                 wait_serving(port, timeout_s)
-                seconds = time.perf_counter() - started
-                rss, peak = _status_bytes(process.pid)
+                yield process.pid, port, time.perf_counter() - started
             finally:
                 process.terminate()
                 try:
@@ -276,50 +276,33 @@ def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
                 except Exception:
                     process.kill()
                     process.wait()
+
+
+def measure_start(bundle: Path, timeout_s: float = 600.0) -> Startup:
+    """Spawn `irec serve` on the bundle, time it to SERVING, read its memory, stop it."""
+    with _served(bundle, timeout_s, "irec-startup-") as (pid, _, seconds):
+        rss, peak = _status_bytes(pid)
     return Startup(seconds, rss, peak)
 
 
-@dataclass(frozen=True)
-class Reload:
-    """A hot reload of the same bundle into a serving server: time, RSS after, peak RSS."""
+def measure_reload(bundle: Path, timeout_s: float = 600.0) -> Startup:
+    """Serve the bundle, then ReloadBundle it again (both held while the new one loads).
 
-    seconds: float
-    rss: int
-    peak_rss: int
-
-
-def measure_reload(bundle: Path, timeout_s: float = 600.0) -> Reload:
-    """Serve the bundle, then ReloadBundle it again: both are held while the new one loads."""
+    Seconds are the reload's; RSS and peak RSS are read once it has returned.
+    """
     import grpc
 
-    from irec.server_process import spawn_server
     from server.generated.recsys.v1 import recommender_pb2 as pb
     from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
-    with tempfile.TemporaryDirectory(prefix="irec-reload-") as tmp:
-        with (Path(tmp) / "serve.log").open("w") as log:
-            process, port = spawn_server(
-                ["--bundle", str(bundle), "--device", "cpu"],
-                Path(tmp) / "port",
-                stdout=log,
-                timeout_s=timeout_s,
-            )
-            try:
-                wait_serving(port, timeout_s)
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    admin = pb_grpc.RecommenderAdminStub(channel)
-                    started = time.perf_counter()
-                    admin.ReloadBundle(pb.ReloadBundleRequest(path=str(bundle)), timeout=timeout_s)
-                    seconds = time.perf_counter() - started
-                rss, peak = _status_bytes(process.pid)
-            finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except Exception:
-                    process.kill()
-                    process.wait()
-    return Reload(seconds, rss, peak)
+    with _served(bundle, timeout_s, "irec-reload-") as (pid, port, _):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            admin = pb_grpc.RecommenderAdminStub(channel)
+            started = time.perf_counter()
+            admin.ReloadBundle(pb.ReloadBundleRequest(path=str(bundle)), timeout=timeout_s)
+            seconds = time.perf_counter() - started
+        rss, peak = _status_bytes(pid)
+    return Startup(seconds, rss, peak)
 
 
 def _folder_bytes(path: Path) -> int:

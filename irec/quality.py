@@ -26,7 +26,6 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from server.new_items import new_item_vectors
 from training import baselines, new_item_choice
 from training.cluster import cluster_users, dominant_terms, item_terms
 from training.data import load_spec
@@ -780,21 +779,12 @@ class QualityRun:
                 projection = head.text_projection.weight.numpy()
             rows[TEXT_ONLY_ROW] = row(users_v @ text_only.T)
             vectors = model.item_vectors()
-            cold_rows_sorted = sorted(cold)
-            known = [r for r in range(self.num_items) if r not in cold]
 
             def served_as_new(neighbours: int, weight: float) -> np.ndarray:
                 """Every item's vector, cold items as the server adds a new item."""
-                out = vectors.copy()
-                out[cold_rows_sorted] = new_item_vectors(
-                    table[cold_rows_sorted],
-                    projection,
-                    table[known],
-                    vectors[known],
-                    neighbours,
-                    weight,
+                return new_item_choice.served_as_new(
+                    vectors, table, projection, cold, neighbours, weight
                 )
-                return out
 
             rows["ours, cold items by text alone"] = row(users_v @ vectors.T)
             # The imputed ID part's weight is chosen on validation: the best for users whose

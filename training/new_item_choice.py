@@ -11,7 +11,7 @@ MAX_WARM_LOSS of their NDCG@10 (boosting new items must not buy their hits with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,6 +60,25 @@ def choose(
     return best, tried
 
 
+def served_as_new(
+    item_vectors: np.ndarray,
+    item_text: np.ndarray,
+    projection: np.ndarray,
+    new_rows: Iterable[int],
+    neighbours: int,
+    weight: float,
+) -> np.ndarray:
+    """Every item's vector, the `new_rows` rebuilt as the server adds a new item."""
+    rows = sorted(set(new_rows))
+    taken = set(rows)
+    known = [r for r in range(len(item_vectors)) if r not in taken]
+    out = item_vectors.copy()
+    out[rows] = new_item_vectors(
+        item_text[rows], projection, item_text[known], item_vectors[known], neighbours, weight
+    )
+    return out
+
+
 def ndcg10(scores: np.ndarray, histories: Sequence[Sequence[int]], targets: Sequence[int]) -> float:
     """Mean NDCG@10 of each target among the items not in its history."""
     if not len(targets):
@@ -90,20 +109,11 @@ def choose_for_run(
     count = max(1, int(round(STAND_IN_SHARE * len(item_vectors))))
     stand_ins = np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
     new = set(stand_ins.tolist())
-    known = np.array([r for r in range(len(item_vectors)) if r not in new], dtype=np.int64)
     cold_users = [u for u, t in enumerate(targets) if t in new]
     warm_users = [u for u, t in enumerate(targets) if t not in new]
 
     def measure(neighbours: int, weight: float) -> tuple[float, float]:
-        vectors = item_vectors.copy()
-        vectors[stand_ins] = new_item_vectors(
-            item_text[stand_ins],
-            projection,
-            item_text[known],
-            item_vectors[known],
-            neighbours,
-            weight,
-        )
+        vectors = served_as_new(item_vectors, item_text, projection, new, neighbours, weight)
         out = []
         for users in (cold_users, warm_users):
             scores = user_vectors[users] @ vectors.T
