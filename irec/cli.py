@@ -70,6 +70,13 @@ def _model_options(a: EnvArgs) -> None:
     a.add("--encoder-layers", type=int, default=2, help="top encoder layers fine-tuned")
     a.add("--encoder-lr", type=float, default=5e-5, help="AdamW learning rate of the encoder")
     a.add("--refresh-every", type=int, default=16, help="head steps per encoder update")
+    a.add(
+        "--encoder-epochs",
+        type=int,
+        default=3,
+        help="epochs of joint encoder + head training (after one head epoch); the head "
+        "then trains alone on the tuned item table",
+    )
     a.add("--minutes", type=_positive, default=30.0, help="time budget of head (+ encoder)")
     a.add("--epochs", type=int, default=200, help="most epochs of the sequence head")
     a.add("--clusters", type=_clusters, default=None, help="K, or 'auto' (silhouette, 4..16)")
@@ -101,6 +108,7 @@ def train_config(args: argparse.Namespace, out: Path) -> Any:
             trainable_layers=args.encoder_layers,
             learning_rate=args.encoder_lr,
             refresh_every=args.refresh_every,
+            epochs=args.encoder_epochs,
             contrastive=FinetuneConfig(
                 epochs=args.passes,
                 batch_size=args.batch_size,

@@ -61,8 +61,9 @@ class EncoderConfig:
 
     frozen: item texts are encoded once by the pretrained encoder.
     finetune: the encoder's top `trainable_layers` are trained with the head on the
-        next-item objective (training.item_tower), after `warmup_epochs` head epochs
-        on the pretrained table; the item table is refreshed every `refresh_every` steps.
+        next-item objective (training.item_tower) for `epochs` epochs after
+        `warmup_epochs` head epochs on the pretrained table (the item table refreshed
+        every `refresh_every` steps); then the head alone trains on the tuned table.
     contrastive: a stage before the head pulls a rendered history toward its next
         item's text (training.finetune; runs on Ray Train with --backend ray); kept only
         if the encoder's own recommendations improve on validation.
@@ -73,6 +74,7 @@ class EncoderConfig:
     learning_rate: float = 5e-5
     refresh_every: int = 16
     warmup_epochs: int = 1
+    epochs: int = 3  # joint encoder + head epochs (each costs a few head epochs on a CPU)
     item_max_length: int = 48
     contrastive: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -109,6 +111,8 @@ class TrainConfig:
             raise TrainConfigError(f"--minutes {self.minutes:g}: the training budget must be > 0")
         if self.head.epochs < 1:
             raise TrainConfigError(f"--epochs {self.head.epochs}: must be ≥ 1")
+        if self.encoder.epochs < 1:
+            raise TrainConfigError(f"--encoder-epochs {self.encoder.epochs}: must be ≥ 1")
         if self.encoder.refresh_every < 1:
             raise TrainConfigError(f"--refresh-every {self.encoder.refresh_every}: must be ≥ 1")
         if self.validation_users < 1:
@@ -371,6 +375,7 @@ def fit(
         time_budget_s=config.minutes * 60,
         encoder_tuning=tuning,
         warmup_epochs=enc.warmup_epochs,
+        encoder_epochs=enc.epochs,
         log=log,
         short_text=short_text,
     )

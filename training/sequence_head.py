@@ -40,6 +40,13 @@ class HeadConfig:
     epochs: int = 20
     eval_every: int = 2
     patience: int = 3
+    # On an evaluation without improvement the learning rate is multiplied by this
+    # (1.0: constant); training stops after `patience` such evaluations in a row.
+    lr_decay: float = 0.5
+    # Under a time budget the head's learning rate also decays linearly to this fraction
+    # over the time left after the joint encoder phase (budget-aware decay: Li et al.,
+    # ICLR 2020, "Budgeted Training"), so a run the budget stops ends annealed.
+    lr_floor: float = 0.05
     seed: int = 0
     use_ids: bool = True
     use_text: bool = True
@@ -173,6 +180,25 @@ def _without_ids(ids: torch.Tensor, config: HeadConfig) -> torch.Tensor:
     return ids * keep
 
 
+def _set_lr(
+    optimizer: torch.optim.Optimizer,
+    config: HeadConfig,
+    plateau: float,
+    phase_started: float | None,
+    started: float,
+    budget_s: float | None,
+) -> float:
+    """Set the head's learning rate: base × plateau decays × the budget-aware linear decay."""
+    rate = config.learning_rate * plateau
+    if budget_s is not None and phase_started is not None:
+        left = budget_s - (phase_started - started)
+        done = (time.perf_counter() - phase_started) / max(left, 1e-9)
+        rate *= max(config.lr_floor, 1.0 - done)
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
+
+
 def train_head(
     head: SequenceHead,
     sequences: Sequence[Sequence[int]],
@@ -182,6 +208,7 @@ def train_head(
     time_budget_s: float | None = None,
     encoder_tuning: EncoderTuning | None = None,
     warmup_epochs: int = 1,
+    encoder_epochs: int | None = None,
     log: ScalarLog | None = None,
     short_text: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
@@ -192,12 +219,17 @@ def train_head(
     `patience` evaluations without improvement or when the time budget runs out.
     `excluded_items` (rows) never appear in the softmax (cold-start items). With
     `encoder_tuning`, after `warmup_epochs` epochs on the pretrained table, the item-text
-    table is a trainable input: its gradient trains the encoder's top layers and the
-    table is refreshed every few steps. An evaluation before any encoder update can win,
-    so the fine-tuned encoder is kept only if it beats the pretrained one on validation
-    (`best_encoder_updates` says which was kept). `short_text` [items, text_dim] holds
-    embeddings of the items' titles (rows after the full texts in the tuned table).
+    table is a trainable input for `encoder_epochs` epochs (None: to the end): its
+    gradient trains the encoder's top layers and the table is refreshed every few steps;
+    afterwards the head alone trains on the last table (joint epochs cost several head
+    epochs on a CPU, so the head converges in the second phase). An evaluation before
+    any encoder update can win, so the fine-tuned encoder is kept only if it beats the
+    pretrained one on validation (`best_encoder_updates` says which was kept).
+    `short_text` [items, text_dim] holds embeddings of the items' titles (rows after the
+    full texts in the tuned table).
     `log(name, value, step)` receives the loss per step and validation NDCG per evaluation.
+    Each evaluation without improvement multiplies the learning rate by `lr_decay`; under
+    `time_budget_s` the rate also falls linearly to `lr_floor` × over the head-only phase.
     """
     config = head.config
     torch.manual_seed(config.seed)
@@ -217,7 +249,14 @@ def train_head(
     best_encoder: dict[str, torch.Tensor] | None = None
     started = time.perf_counter()
     steps = math.ceil(len(usable) / config.batch_size)
+    last_joint = config.epochs if encoder_epochs is None else warmup_epochs + encoder_epochs
+    plateau = 1.0  # product of the decays on stale evaluations
+    head_phase_started: float | None = None
     for epoch in range(1, config.epochs + 1):
+        if encoder_tuning is not None and epoch == last_joint + 1:
+            head_phase_started = time.perf_counter()
+        elif encoder_tuning is None and epoch == 1:
+            head_phase_started = started
         head.train()
         order = rng.permutation(len(usable))
         bar = tqdm(range(steps), desc=f"head epoch {epoch}", unit="step", disable=not progress)
@@ -225,7 +264,8 @@ def train_head(
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
             ids = torch.from_numpy(inputs[rows]).to(device)
             target = torch.from_numpy(targets[rows]).to(device)
-            tuning = encoder_tuning if epoch > warmup_epochs else None
+            tuning = encoder_tuning if warmup_epochs < epoch <= last_joint else None
+            rate = _set_lr(optimizer, config, plateau, head_phase_started, started, time_budget_s)
             table = head.item_text[1:].detach().clone()
             table.requires_grad_(tuning is not None)
             padded = torch.cat([head.item_text[:1], table])
@@ -271,13 +311,14 @@ def train_head(
             history["loss"].append(float(loss.item()))
             if log is not None:
                 log("train/loss", history["loss"][-1], len(history["loss"]))
+                log("train/learning_rate", rate, len(history["loss"]))
             bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3f}")
         out_of_time = time_budget_s is not None and time.perf_counter() - started > time_budget_s
         if validate is not None and (
             epoch % config.eval_every == 0
             or out_of_time
             or epoch == config.epochs
-            or (encoder_tuning is not None and epoch == warmup_epochs)
+            or (encoder_tuning is not None and epoch in (warmup_epochs, last_joint))
         ):
             score = validate(head)
             history["val_ndcg@10"].append(score)
@@ -296,6 +337,8 @@ def train_head(
                 stale += 1
                 if stale >= config.patience:
                     break
+                plateau *= config.lr_decay
+                history.setdefault("lr_decayed_at", []).append(float(epoch))
         if out_of_time:
             print(f"[head] time budget reached after epoch {epoch}", flush=True)
             break

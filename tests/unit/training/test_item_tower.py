@@ -76,3 +76,70 @@ def test_train_config_errors_name_the_option(tmp_path):
         TrainConfig(data="demo", out=tmp_path, encoder=EncoderConfig(treatment="lora")).check()
     with pytest.raises(TrainConfigError, match="--backend ray"):
         TrainConfig(data="demo", out=tmp_path, backend="ray").check()
+    with pytest.raises(TrainConfigError, match="--encoder-epochs 0"):
+        TrainConfig(data="demo", out=tmp_path, encoder=EncoderConfig(epochs=0)).check()
+
+
+def _head_and_sequences(texts: list[str], encoder, tokenizer, **head_options):
+    from training.sequence_head import HeadConfig, SequenceHead
+    from training.torch_encoder import embed_texts
+
+    table = torch.from_numpy(embed_texts(encoder, tokenizer, texts, 48, progress=False))
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.integers(0, len(texts), size=12)) for _ in range(64)]
+    config = HeadConfig(dim=16, max_length=12, batch_size=16, dropout=0.0, **head_options)
+    return SequenceHead(table, config), sequences
+
+
+def test_the_encoder_trains_only_in_its_joint_epochs_then_the_head_alone(encoder_and_texts):
+    """warmup 1 + 2 joint epochs of 4 steps, refresh every 2 steps: 4 updates, not 8."""
+    from training.item_tower import EncoderTuning, ItemTextTower
+    from training.sequence_head import train_head
+
+    encoder, tokenizer, texts = encoder_and_texts
+    head, sequences = _head_and_sequences(texts, encoder, tokenizer, epochs=5, eval_every=1)
+    tower = ItemTextTower(encoder, tokenizer, texts, trainable_layers=1, max_length=48)
+    tuning = EncoderTuning(tower, learning_rate=1e-3, refresh_every=2)
+    seen: list[int] = []
+
+    def validate(_head) -> float:
+        seen.append(tuning.updates)
+        return float(len(seen))  # every evaluation improves: all five run
+
+    train_head(
+        head,
+        sequences,
+        validate=validate,
+        progress=False,
+        encoder_tuning=tuning,
+        warmup_epochs=1,
+        encoder_epochs=2,
+    )
+    assert seen == [0, 2, 4, 4, 4]
+
+
+def test_stale_evaluations_and_the_time_budget_lower_the_learning_rate(encoder_and_texts):
+    from training.sequence_head import train_head
+
+    encoder, tokenizer, texts = encoder_and_texts
+    head, sequences = _head_and_sequences(
+        texts, encoder, tokenizer, epochs=4, eval_every=1, patience=9, lr_decay=0.5
+    )
+    rates: list[float] = []
+
+    def log(name: str, value: float, step: int) -> None:
+        if name == "train/learning_rate":
+            rates.append(value)
+
+    history = train_head(head, sequences, validate=lambda _h: 0.5, progress=False, log=log)
+    # The first evaluation is the best; each later one halves the rate (4 steps an epoch).
+    assert history["lr_decayed_at"] == [2.0, 3.0, 4.0]
+    assert rates[0] == rates[7] == head.config.learning_rate
+    assert rates[8] == rates[0] / 2 and rates[-1] == rates[0] / 4
+    rates.clear()
+    head, sequences = _head_and_sequences(
+        texts, encoder, tokenizer, epochs=3, lr_decay=1.0, lr_floor=0.1
+    )
+    train_head(head, sequences, progress=False, log=log, time_budget_s=3600)
+    assert rates == sorted(rates, reverse=True) and rates[0] < head.config.learning_rate
+    assert rates[-1] > 0.1 * head.config.learning_rate
