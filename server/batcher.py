@@ -9,6 +9,12 @@ compute is spent on padding, and runs each in the thread pool (never on the even
 The wait is adaptive: when no run is in progress the batch goes at once with what is
 already queued, so a lone request (concurrency 1) never pays ``max_wait_ms``; under
 load, runs are in progress, requests pile up behind them, and batches fill.
+
+A lone request that ``inline`` calls cheap (an ID history on a sequence-head bundle: a
+~1 ms head run) runs on the event loop itself when nothing else is queued or running:
+handing it to a worker thread and waking the loop afterwards costs about as much as the
+work (server.batcher's profile in benchmarks/results). Anything else, and everything
+under load, goes to the pool as before.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class MicroBatcher(Generic[T, R]):
         on_batch: Callable[[int], None] | None = None,
         tokenize_clock: Callable[[], float] | None = None,
         max_running: int = ServerConfig.workers,
+        inline: Callable[[T], bool] | None = None,
     ) -> None:
         self.run_batch = run_batch
         # Read on the thread that ran a batch: the ms of it that went to tokenizing.
@@ -81,6 +88,8 @@ class MicroBatcher(Generic[T, R]):
         self.max_queue = max_queue
         self.stats = BatchStats()
         self.on_batch = on_batch
+        self.inline = inline
+        self.inline_runs = 0
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._running = 0
@@ -172,6 +181,10 @@ class MicroBatcher(Generic[T, R]):
             groups = _by_length(batch)
             if not groups:
                 self._run_slots.release()
+            if self._runs_inline(groups):
+                self._run_inline(groups[0])
+                self._held = []
+                continue
             for position, group in enumerate(groups):
                 if position > 0:
                     await self._run_slots.acquire()
@@ -186,6 +199,29 @@ class MicroBatcher(Generic[T, R]):
         vectors = self.run_batch(items)
         return vectors, (self.tokenize_clock() if self.tokenize_clock is not None else 0.0)
 
+    def _runs_inline(self, groups: list[list[_Pending[T, R]]]) -> bool:
+        """One cheap item, nothing running, nothing queued: run it on the loop."""
+        return (
+            self.inline is not None
+            and len(groups) == 1
+            and len(groups[0]) == 1
+            and self._running == 0
+            and self._queue.empty()
+            and self.inline(groups[0][0].item)
+        )
+
+    def _run_inline(self, group: list[_Pending[T, R]]) -> None:
+        started = time.perf_counter()
+        try:
+            vectors, tokenize_ms = self._timed_run([p.item for p in group])
+        except Exception as exc:  # the caller's error, as from the pool
+            _fail(group, exc)
+            return
+        finally:
+            self._run_slots.release()
+        self.inline_runs += 1
+        self._deliver(group, vectors, started, tokenize_ms)
+
     async def _run(self, group: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
         self._running += 1
@@ -194,13 +230,21 @@ class MicroBatcher(Generic[T, R]):
                 self.executor, self._timed_run, [p.item for p in group]
             )
         except Exception as exc:  # one bad batch fails its callers, not the batcher
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            _fail(group, exc)
             return
         finally:
             self._running -= 1
             self._run_slots.release()
+        self._deliver(group, vectors, started, tokenize_ms)
+
+    def _deliver(
+        self,
+        group: list[_Pending[T, R]],
+        vectors: Sequence[R],
+        started: float,
+        tokenize_ms: float,
+    ) -> None:
+        """Answer each caller of a finished run and count the run."""
         encode_ms = (time.perf_counter() - started) * 1e3 - tokenize_ms
         self.stats.add(len(group))
         if self.on_batch is not None:
@@ -209,6 +253,12 @@ class MicroBatcher(Generic[T, R]):
             if not p.future.done():
                 queue_ms = (started - p.enqueued) * 1e3
                 p.future.set_result((vector, queue_ms, tokenize_ms, encode_ms))
+
+
+def _fail(group: list[_Pending[T, R]], exc: Exception) -> None:
+    for p in group:
+        if not p.future.done():
+            p.future.set_exception(exc)
 
 
 def _by_length(batch: list[_Pending[T, R]]) -> list[list[_Pending[T, R]]]:

@@ -44,6 +44,14 @@ class ServerConfig:
         default=0, metadata=option("ONNX Runtime intra-op threads (0 = per core)", "--threads")
     )
     workers: int = field(default=4, metadata=option("threads running encode and search"))
+    lone_requests: str = field(
+        default="pool",
+        metadata=option(
+            "where a lone ID-history request on a sequence-head bundle runs when the server "
+            "is idle: on the event loop (no thread hop) or on a worker thread",
+            choices=("loop", "pool"),
+        ),
+    )
     max_k: int = field(default=1000, metadata=option("largest k a request may ask for"))
     grace_s: float = field(
         default=5.0, metadata=option("seconds to drain in-flight calls on stop", "--grace")

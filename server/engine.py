@@ -248,6 +248,10 @@ class RecommenderEngine:
             interests=interests,
         )
 
+    def is_cheap(self, query: PreparedQuery) -> bool:
+        """Whether the query is a head run and searches only: IDs, no free text to encode."""
+        return self.bundle.head is not None and not query.texts
+
     def _cost(self, rows: Sequence[int], texts: Sequence[str]) -> int:
         """A length proxy, so a batcher can group similar-length inputs."""
         if self.bundle.head is not None:
@@ -265,10 +269,55 @@ class RecommenderEngine:
         users = self.user_vectors(queries)
         interests = self.interest_vectors(queries)
         encode_ms = (time.perf_counter() - started) * 1e3
+        found = self._search_all_items(queries, users) if len(queries) > 1 else {}
         return [
-            self.finish(q, u, encode_ms, i)
-            for q, u, i in zip(queries, users, interests, strict=True)
+            self.finish(q, u, encode_ms, i, found.get(n))
+            for n, (q, u, i) in enumerate(zip(queries, users, interests, strict=True))
         ]
+
+    def _search_all_items(
+        self, queries: Sequence[PreparedQuery], users: np.ndarray
+    ) -> dict[int, list[ScoredItem]]:
+        """Top-k of every all-items query of a batch in one hnswlib call (position → items).
+
+        One `knn_query` over the batch's vectors at the largest k any of them needs, then
+        each query's excluded items dropped and its k kept: the same items as one search
+        per query (hnswlib keeps max(ef, k) candidates and returns the best k of them, so
+        a larger k only extends the list while k ≤ ef_search). Queries with interests or
+        cluster mode, and batches needing k > ef_search or that the index cannot answer
+        whole, search one by one.
+        """
+        batch = [
+            n
+            for n, q in enumerate(queries)
+            if q.mode is RetrievalMode.ALL_ITEMS and not q.interests and q.k > 0
+        ]
+        if len(batch) < 2:
+            return {}
+        hnsw = self.bundle.manifest.hnsw
+        vectors = np.stack([hnsw.query_vector(users[n]) for n in batch])
+        with self.catalogue.lock.read():
+            size = self.catalogue.live["all"]
+            k = min(max(queries[n].k + len(queries[n].exclude) for n in batch), size)
+            if not 0 < k <= hnsw.ef_search:  # beyond ef a larger k changes the candidates
+                return {}
+            try:
+                labels, distances = self.bundle.all_items_index.knn_query(
+                    vectors, k=k, num_threads=1
+                )
+            except RuntimeError:  # too few live elements reachable: search one by one
+                return {}
+            ids, titles = self.bundle.items.ids, self.bundle.items.titles
+            out: dict[int, list[ScoredItem]] = {}
+            for n, row_labels, row_distances in zip(batch, labels, distances, strict=True):
+                query = queries[n]
+                found = [
+                    (int(row), 1.0 - float(d))
+                    for row, d in zip(row_labels, row_distances, strict=True)
+                    if int(row) not in query.exclude
+                ][: query.k]
+                out[n] = [ScoredItem(ids[row], score, titles[row]) for row, score in found]
+            return out
 
     def take_tokenize_ms(self) -> float:
         """Tokenizing ms of this thread's encoder runs since the last call."""
@@ -315,9 +364,11 @@ class RecommenderEngine:
         user: np.ndarray,
         encode_ms: float = 0.0,
         interests: np.ndarray | None = None,
+        found: list[ScoredItem] | None = None,
     ) -> Recommendation:
         """Cluster scores and item search for one user vector (and its interest vectors).
 
+        `found`: the items when the batch's search already ran (_search_all_items).
         With interests, `items` is their merge: each interest's top items fill its share
         of k (split_budget), taken in turn strongest interest first, no item twice.
         """
@@ -333,6 +384,8 @@ class RecommenderEngine:
         answered: list[Interest] = []
         if prepared.interests and interests is not None and len(interests):
             answered, items = self._interests(prepared, user, interests)
+        elif found is not None:
+            items = found
         else:
             items = self._search(
                 user, prepared.k, set(prepared.exclude), prepared.mode, int(top_clusters[0])

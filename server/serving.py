@@ -116,7 +116,10 @@ class ServingState:
             loop = asyncio.get_running_loop()
             engine = await loop.run_in_executor(None, load_engine, path, self.config)
             batcher: MicroBatcher[PreparedQuery, Recommendation] = self._batcher(
-                engine, engine.recommend_batch, lambda q: q.cost
+                engine,
+                engine.recommend_batch,
+                lambda q: q.cost,
+                engine.is_cheap if self.config.lone_requests == "loop" else None,
             )
             text_batcher: MicroBatcher[str, np.ndarray] = self._batcher(
                 engine, lambda texts: list(engine.encode_texts(texts)), len
@@ -140,8 +143,12 @@ class ServingState:
         engine: RecommenderEngine,
         run: Callable[[Sequence[T]], Sequence[R]],
         cost: Callable[[T], int],
+        inline: Callable[[T], bool] | None = None,
     ) -> MicroBatcher[T, R]:
-        """A batcher over `run` with the server's batching, queue and worker limits."""
+        """A batcher over `run` with the server's batching, queue and worker limits.
+
+        `inline`: which lone items may run on the event loop (MicroBatcher).
+        """
         return MicroBatcher(
             run,
             cost,
@@ -152,6 +159,7 @@ class ServingState:
             on_batch=self.metrics.batch_size.observe,
             tokenize_clock=engine.take_tokenize_ms,
             max_running=self.config.workers,
+            inline=inline,
         )
 
     async def watch(self, folder: Path, interval_s: float = 2.0) -> None:

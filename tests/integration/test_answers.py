@@ -157,11 +157,32 @@ def _same_ranking(got: list[list[object]], want: list[list[object]]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def answers(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
-    bundle = _fixed_bundle(bundle_dir, tmp_path_factory.mktemp("fixed") / "bundle")
-    with background_server(bundle) as server, grpc.insecure_channel(server.target) as channel:
+def fixed_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fixed_bundle(bundle_dir, tmp_path_factory.mktemp("fixed") / "bundle")
+
+
+# One at a time on a worker thread; one at a time on the event loop (--lone-requests
+# loop); all at once, so they are batched and searched in one hnswlib call per batch.
+WAYS = ("pool, one at a time", "loop, one at a time", "pool, all at once")
+
+
+@pytest.fixture(scope="module", params=WAYS)
+def answers(fixed_bundle: Path, request: pytest.FixtureRequest) -> list[dict[str, object]]:
+    lone = "loop" if request.param.startswith("loop") else "pool"
+    with (
+        background_server(fixed_bundle, lone_requests=lone) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
         stub = pb_grpc.RecommenderServiceStub(channel)
-        return [_answer(stub.Recommend(r, timeout=30)) for r in _requests()]
+        if request.param.endswith("all at once"):
+            calls = [stub.Recommend.future(r, timeout=30) for r in _requests()]
+            got = [_answer(call.result()) for call in calls]
+            assert server.running.batcher.stats.largest > 1
+        else:
+            got = [_answer(stub.Recommend(r, timeout=30)) for r in _requests()]
+        inline = server.running.batcher.inline_runs
+        assert (inline == len(got)) if lone == "loop" else (inline == 0)
+        return got
 
 
 def test_served_answers_equal_the_stored_ones(answers: list[dict[str, object]]) -> None:

@@ -367,3 +367,46 @@ def test_close_answers_everything_still_queued_unavailable():
 
     outcomes = run(scenario())
     assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+
+
+def test_a_lone_cheap_item_runs_on_the_loop_and_a_crowd_goes_to_the_pool():
+    """`inline` says which items are cheap; only a lone one, with nothing running, stays."""
+    import threading
+
+    threads: dict[str, str] = {}
+
+    def run_batch(items):
+        for item in items:
+            threads[item] = threading.current_thread().name
+        if any("bad" in item for item in items):
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            lambda i: 1,
+            ThreadPoolExecutor(1, thread_name_prefix="pool"),
+            max_batch=4,
+            max_wait_ms=5,
+            inline=lambda item: item.startswith("cheap"),
+        )
+        lone = await batcher.submit("cheap-1")
+        costly = await batcher.submit("costly")
+        crowd = await asyncio.gather(*(batcher.submit(f"cheap-{n}") for n in range(2, 8)))
+        with pytest.raises(ValueError, match="bad item"):
+            await batcher.submit("cheap-bad")
+        after = await batcher.submit("cheap-9")  # the failure released its run slot
+        await batcher.close()
+        return batcher, lone, costly, crowd, after
+
+    batcher, lone, costly, crowd, after = run(scenario())
+    loop_thread = threading.main_thread().name
+    assert lone[0] == "CHEAP-1" and costly[0] == "COSTLY" and after[0] == "CHEAP-9"
+    assert [c[0] for c in crowd] == [f"CHEAP-{n}" for n in range(2, 8)]
+    assert threads["cheap-1"] == loop_thread == threads["cheap-9"] == threads["cheap-bad"]
+    assert threads["costly"].startswith("pool")
+    # Six at once: the first may go alone, the rest queue behind it and go to the pool.
+    assert sum(threads[f"cheap-{n}"].startswith("pool") for n in range(2, 8)) >= 5
+    assert batcher.inline_runs == 2 + (threads["cheap-2"] == loop_thread)
+    assert batcher.stats.items == 9  # inline runs are counted like any other

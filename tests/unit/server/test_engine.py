@@ -303,3 +303,21 @@ def test_item_unit_vectors_are_the_items_normalised(engine):
 def test_negative_k_is_refused(engine, k):
     with pytest.raises(InvalidArgument, match=rf"k: {k} is out of range"):
         engine.prepare(RecommendQuery(history_item_ids=["1"], k=k))
+
+
+def test_a_batch_searches_at_once_and_answers_as_one_query_at_a_time(engine):
+    """Different k and exclusions in one batch: the same items, scores, order as alone."""
+    ids = engine.bundle.items.ids
+    queries = [
+        RecommendQuery(history_item_ids=[ids[r] for r in rows], k=k)
+        for rows, k in (([0, 1, 2], 10), ([5], 3), ([7, 8, 9, 10, 11, 12], 50), ([3, 4], 1))
+    ]
+    queries.append(RecommendQuery(history_item_ids=[ids[6]], k=5, mode=RetrievalMode.CLUSTER))
+    alone = [engine.recommend(q) for q in queries]
+    together = engine.recommend_batch([engine.prepare(q) for q in queries])
+    for one, batched in zip(alone, together, strict=True):
+        assert [i.item_id for i in batched.items] == [i.item_id for i in one.items]
+        np.testing.assert_allclose(
+            [i.score for i in batched.items], [i.score for i in one.items], rtol=1e-6
+        )
+    assert [len(r.items) for r in together] == [10, 3, 50, 1, 5]
