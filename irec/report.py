@@ -28,19 +28,22 @@ TARGET_TEXT_HISTORY_NDCG = 0.10  # recency-weighted ItemKNN with IDs
 TRIED = [
     "full-catalogue cross-entropy at every position (not sampled negatives)",
     "item text with year and genres through the encoder (its top layers fine-tuned with the "
-    "head on the next-item objective, the item table refreshed every few steps, kept only "
-    "if better on validation), projected, plus a zero-initialised ID residual",
+    "head on the next-item objective for a few epochs, the item table refreshed every few "
+    "steps, kept only if better on validation; then the head alone on the tuned table), "
+    "projected, plus a zero-initialised ID residual",
     "ID dropout (history positions, whole histories and output items scored by text alone) "
     "and a text-only auxiliary cross-entropy, so new items and written histories work",
     "most recent item at the last position of a causal transformer; the last hidden state "
     "is the user",
-    "early stopping on validation NDCG@10 of 1,000 users (patience 3 evaluations of 2 epochs)",
+    "early stopping on validation NDCG@10 of 1,000 users (patience 3 evaluations of 2 "
+    "epochs); the learning rate halves on each evaluation without improvement and decays "
+    "linearly over the time budget left after the encoder's epochs",
     "retrieval within the user's cluster, multi-interest medoid queries and a blend "
     "(modes table below)",
 ]
 NEXT = [
-    "train to convergence: a learning-rate decay and more patience, validation on all users "
-    "(1,000 users make the curve noisy), on a GPU when one is lent",
+    "train to convergence: more epochs than a 2-core budget allows (a GPU when one is lent), "
+    "validation on all users (1,000 users make the curve noisy)",
     "3,000 sampled negatives instead of the full softmax (the best published setting)",
     "longer joint fine-tuning of the encoder (more layers, more updates; a GPU when lent)",
     "several user vectors from the head (e.g. last positions of distinct sessions) for "
