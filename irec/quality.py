@@ -13,7 +13,7 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from training import baselines, new_item_choice
+from irec.cold_track import cold_track
+from irec.protocol import EvalConfig, make_split
+from irec.text_history_track import text_history_track
+from training import baselines
 from training.cluster import cluster_users, dominant_terms, item_terms
 from training.data import load_spec
 from training.evaluate import coverage, summarise, target_ranks, top_k
@@ -34,8 +37,6 @@ from training.multi_interest import hits_from_lists, interest_queries, merge_que
 from training.run import (
     LocalBackend,
     StageTimer,
-    TrainConfig,
-    TrainConfigError,
     TrainedModel,
     fit,
     load_model,
@@ -47,15 +48,6 @@ from training.torch_encoder import embed_texts
 VALIDATION_USERS = 1000  # users scored at each validation step (all users for the final numbers)
 ITEM_TEXT_MAX_LENGTH = 48
 QUICK_USERS = 300
-# The server takes at most 64 texts per request (server.engine.Limits.max_texts): a
-# written history is its most recent titles.
-TEXT_HISTORY_ITEMS = 50
-# Weights of the ID part a cold item borrows from its text neighbours (chosen on validation).
-# A mean of many neighbours' ID parts is shorter than one item's, so weights above 1 are
-# in the grid (the best on ML-1M cold validation was 2.0, the old grid's edge).
-# The same grid and warm budget as `irec train` (training.new_item_choice).
-IMPUTED_ID_WEIGHTS = new_item_choice.WEIGHTS
-IMPUTED_ID_NEIGHBOURS = new_item_choice.NEIGHBOURS
 # Per-interest answers compared with the single user vector (served engine, k = 50).
 # name → (interests, merge, whole-history share)
 INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
@@ -67,57 +59,8 @@ INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
 }
 INTEREST_USERS = 2000
 INTEREST_MAX_NDCG_LOSS = 0.03
-MAX_WARM_LOSS = new_item_choice.MAX_WARM_LOSS  # what the cold-item weight may cost warm users
-TRACKS = ("warm", "text_history", "cold")
-TEXT_ONLY_ROW = "ours, every item by text alone (no ID part)"
 OURS = "irec: text + ID sequence head (torch, exact)"
 FALLBACK = "irec: pretrained encoder (the head lost on validation)"
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """`irec eval`: the model's TrainConfig (the same one `irec train` takes) + the protocol."""
-
-    train: TrainConfig
-    out: Path
-    seeds: tuple[int, ...] = (0,)
-    cold_minutes: float = 12.0
-    cold_fraction: float = 0.15
-    text_history_users: int | None = None  # None: every test user
-    tracks: tuple[str, ...] = TRACKS  # text_history needs warm (its model and bundle)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.tracks) - set(TRACKS)
-        if unknown or ("text_history" in self.tracks and "warm" not in self.tracks):
-            raise TrainConfigError(
-                f"--tracks {','.join(self.tracks)}: choose from {','.join(TRACKS)} "
-                "(text_history needs warm)"
-            )
-
-    @property
-    def seed(self) -> int:
-        """The first seed: the model that is clustered, exported and served."""
-        return self.seeds[0]
-
-
-@dataclass
-class Split:
-    """Leave-one-out split over item rows."""
-
-    train: list[list[int]]
-    val_targets: list[int]
-    test_histories: list[list[int]]
-    test_targets: list[int]
-
-
-def make_split(sequences: list[list[int]]) -> Split:
-    """Train = all but the last two items; validation = second to last; test = last."""
-    return Split(
-        train=[s[:-2] for s in sequences],
-        val_targets=[s[-2] for s in sequences],
-        test_histories=[s[:-1] for s in sequences],
-        test_targets=[s[-1] for s in sequences],
-    )
 
 
 class QualityRun:
@@ -175,10 +118,19 @@ class QualityRun:
                 bundle = self._served(model)
             if "text_history" in cfg.tracks:
                 with self.timer.stage("text-history track (live server)"):
-                    self._text_history(bundle)
+                    self.report["tracks"]["text_history"] = text_history_track(
+                        cfg, self.split, self.titles, self.row_of, bundle
+                    )
         if "cold" in cfg.tracks:
             with self.timer.stage("cold track"):
-                self._cold_start()
+                self.report["tracks"]["cold"] = cold_track(
+                    cfg,
+                    self.split,
+                    self.texts,
+                    self.text_embeddings,
+                    self._fit,
+                    self._validation_rows(cfg.seed),
+                )
         self.report["timings_s"] = self.timer.seconds
         from irec.report import write_report
 
@@ -640,232 +592,6 @@ class QualityRun:
                 flush=True,
             )
 
-    def _text_history(self, bundle: Path) -> None:
-        """Each test user's history as titles (no IDs) through a live `irec serve`.
-
-        The served path for free texts and new items: the bundle's int8 encoder reads the
-        titles, the ONNX head makes the user, HNSW finds the items. A text request names no
-        item IDs, so the server cannot drop seen items: the client asks for enough items
-        and drops the user's history itself, as the protocol does for every row.
-        """
-        import grpc
-
-        from irec.server_process import spawn_server
-        from server.client import RecommenderClient
-        from server.generated.recsys.v1 import recommender_pb2 as pb
-
-        cfg, s = self.config, self.split
-        users = list(range(len(s.test_histories)))
-        if cfg.text_history_users is not None and cfg.text_history_users < len(users):
-            users = sorted(random.Random(cfg.seed).sample(users, cfg.text_history_users))
-        log = (cfg.out / "text-history-server.log").open("w")
-        process, port = spawn_server(
-            ["--bundle", str(bundle), "--device", "cpu"], cfg.out / "text-history.port", log
-        )
-        lists: list[list[int]] = []
-        started = time.perf_counter()
-        try:
-            requests = (
-                pb.RecommendRequest(
-                    request_id=str(u),
-                    history_texts=[
-                        self.titles[r] for r in s.test_histories[u][-TEXT_HISTORY_ITEMS:]
-                    ],
-                    k=min(1000, 10 + len(set(s.test_histories[u]))),
-                )
-                for u in users
-            )
-            with RecommenderClient(f"127.0.0.1:{port}", timeout_s=3600) as client:
-                answers = {}
-                for response in client.recommend_stream(requests):
-                    if response.HasField("error"):
-                        raise RuntimeError(
-                            f"text history {response.request_id}: {response.error.message}"
-                        )
-                    answers[int(response.request_id)] = response
-            row_of = self.row_of
-            for u in users:
-                seen = set(s.test_histories[u])
-                rows = [row_of[i.item_id] for i in answers[u].items]
-                lists.append([r for r in rows if r not in seen][:10])
-        except grpc.RpcError as exc:
-            raise RuntimeError(f"text-history track: {exc.code().name}: {exc.details()}") from exc
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            log.close()
-        seconds = time.perf_counter() - started
-        targets = [s.test_targets[u] for u in users]
-        ranks = hits_from_lists(lists, targets)
-        metrics = summarise(np.minimum(ranks, 10**6), seed=cfg.seed, ks=(10,))
-        metrics.pop("mrr")
-        self.report["tracks"]["text_history"] = {
-            "ndcg10": metrics["ndcg@10"]["mean"],
-            "metrics": metrics,
-            "users": len(users),
-            "titles_per_user": TEXT_HISTORY_ITEMS,
-            "path": "titles → int8 ONNX encoder → ONNX head → HNSW, over gRPC (RecommendStream)",
-            "seconds": seconds,
-        }
-        print(
-            f"[eval] text-history track ({len(users)} users, last {TEXT_HISTORY_ITEMS} titles, "
-            f"live server): NDCG@10 {metrics['ndcg@10']['mean']:.4f}",
-            flush=True,
-        )
-
-    def _cold_start(self) -> None:
-        """Items held out of training entirely, then ranked by their text alone.
-
-        ColdRec-style: a seeded share of items loses every training interaction, split in
-        half: cold-validation items (users whose validation item is one of them choose how
-        much imputed ID part cold items get) and cold-test items (users whose test item is
-        one of them are reported). Ranked over the whole catalogue, warm items with their
-        ID part. Rows: random (expected NDCG of a uniform ranking), popularity, the frozen
-        encoder (cosine to the last item; to the mean of the last 5), and the model
-        trained on the rest with the same TrainConfig: every item by text alone; cold
-        items by text alone; cold items by text plus an ID part imputed from their text
-        neighbours (its weight chosen on cold validation).
-        """
-        cfg, s = self.config, self.split
-        rng = np.random.default_rng(cfg.seed + 17)
-        cold_rows = rng.choice(
-            self.num_items, size=int(cfg.cold_fraction * self.num_items), replace=False
-        )
-        cold = set(cold_rows.tolist())
-        cold_val = set(cold_rows[: len(cold_rows) // 2].tolist())
-        cold_test = cold - cold_val
-        users = [u for u, t in enumerate(s.test_targets) if t in cold_test]
-        val_users = [u for u, t in enumerate(s.val_targets) if t in cold_val]
-        if not users:
-            self.report["tracks"]["cold"] = {"users": 0}
-            return
-        train = [[r for r in seq if r not in cold] for seq in s.train]
-        keep = [u for u, seq in enumerate(train) if len(seq) >= 2 and s.val_targets[u] not in cold]
-        model = self._fit(
-            cfg.seed + 1,
-            [train[u] for u in keep],
-            [s.val_targets[u] for u in keep],
-            "cold",
-            minutes=cfg.cold_minutes,
-            excluded=sorted(cold),
-        )
-        histories = [s.test_histories[u] for u in users]
-        targets = [s.test_targets[u] for u in users]
-
-        def row(
-            scores: np.ndarray, hs: list[list[int]] = histories, ts: list[int] = targets
-        ) -> dict[str, Any]:
-            return summarise(target_ranks(scores, hs, ts), seed=cfg.seed)
-
-        users_v = model.user_vectors(histories, self.texts)
-        rows: dict[str, dict[str, Any]] = {}
-        rows["random"] = _random_ranking(histories, self.num_items)
-        counts = np.bincount([r for seq in train for r in seq], minlength=self.num_items)
-        rows["popularity"] = row(
-            np.broadcast_to(counts.astype(float), (len(users), self.num_items))
-        )
-        text = self.text_embeddings
-        last = text[[h[-1] for h in histories]]
-        rows["pretrained encoder, cosine to the last item"] = row(last @ text.T)
-        rows["pretrained encoder, mean of the last 5 items"] = row(
-            baselines.frozen_text_scores(text, histories)
-        )
-        imputation: dict[str, Any] = {}
-        if model.head is not None:
-            head = model.head
-            with torch.no_grad():
-                table = head.item_text[1:].numpy()
-                text_only = head.text_item_vectors(head.item_text[1:]).numpy()
-                projection = head.text_projection.weight.numpy()
-            rows[TEXT_ONLY_ROW] = row(users_v @ text_only.T)
-            vectors = model.item_vectors()
-
-            def served_as_new(neighbours: int, weight: float) -> np.ndarray:
-                """Every item's vector, cold items as the server adds a new item."""
-                return new_item_choice.served_as_new(
-                    vectors, table, projection, cold, neighbours, weight
-                )
-
-            rows["ours, cold items by text alone"] = row(users_v @ vectors.T)
-            # The imputed ID part's weight is chosen on validation: the best for users whose
-            # validation item is cold, among weights that cost users whose validation item
-            # is warm at most 1% NDCG@10 (boosting every cold item must not buy cold hits
-            # with warm misses).
-            val_cold = [u for u in val_users if len(s.train[u]) >= 1]
-            val_warm = [
-                u
-                for u in self._validation_rows(cfg.seed)
-                if s.val_targets[u] not in cold and len(s.train[u]) >= 1
-            ]
-
-            def val_users_vectors(
-                rows_: list[int],
-            ) -> tuple[list[list[int]], list[int], np.ndarray]:
-                hs = [s.train[u] for u in rows_]
-                ts = [s.val_targets[u] for u in rows_]
-                return hs, ts, model.user_vectors(hs, self.texts) if rows_ else np.zeros(0)
-
-            slices = {"cold": val_users_vectors(val_cold), "warm": val_users_vectors(val_warm)}
-
-            def val_ndcg(name: str, vectors_: np.ndarray) -> float:
-                hs, ts, uv = slices[name]
-                if not hs:
-                    return 0.0
-                ranks = target_ranks(uv @ vectors_.T, hs, ts)
-                return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
-
-            def measure(neighbours: int, weight: float) -> tuple[float, float]:
-                candidate = served_as_new(neighbours, weight)
-                return val_ndcg("cold", candidate), val_ndcg("warm", candidate)
-
-            best_try, tries = new_item_choice.choose(
-                measure, IMPUTED_ID_NEIGHBOURS, IMPUTED_ID_WEIGHTS, MAX_WARM_LOSS
-            )
-            tried = [asdict(t) for t in tries]
-            best, best_n = best_try.weight, best_try.neighbours
-            chosen = served_as_new(best_n, best)
-            rows["ours"] = row(users_v @ chosen.T)
-            # The same model for users whose test item is warm: what the imputation costs.
-            warm_users = [u for u, t in enumerate(s.test_targets) if t not in cold][:2000]
-            wh = [s.test_histories[u] for u in warm_users]
-            wt = [s.test_targets[u] for u in warm_users]
-            wv = model.user_vectors(wh, self.texts)
-            warm_without = row(wv @ vectors.T, wh, wt)["ndcg@10"]["mean"]
-            warm_with = row(wv @ chosen.T, wh, wt)["ndcg@10"]["mean"]
-            imputation = {
-                "neighbours": best_n,
-                "weight": best,
-                "max_warm_loss": MAX_WARM_LOSS,
-                "validation_ndcg10": tried,
-                "validation_users": {"cold": len(val_cold), "warm": len(val_warm)},
-                "warm_test_ndcg10_without": warm_without,
-                "warm_test_ndcg10_with": warm_with,
-                "warm_test_users": len(warm_users),
-            }
-        else:
-            rows["ours"] = row(users_v @ model.item_vectors().T)
-        ours = rows["ours"]["ndcg@10"]["mean"]
-        text_only = rows.get(TEXT_ONLY_ROW, rows["ours"])["ndcg@10"]["mean"]
-        self.report["tracks"]["cold"] = {
-            "ndcg10": ours,
-            "text_only_ndcg10": text_only,
-            "random_ndcg10": rows["random"]["ndcg@10"]["mean"],
-            "held_out_items": len(cold),
-            "test_items": len(cold_test),
-            "users": len(users),
-            "rows": rows,
-            "imputation": imputation,
-            "shipped": model.shipped,
-            "encoder_finetuned": model.encoder_finetuned,
-            "epochs": model.training["head"]["epoch"][-1] if model.training.get("head") else 0,
-        }
-        print(
-            f"[eval] cold track ({len(users)} users): ours NDCG@10 {ours:.4f}, random "
-            f"{rows['random']['ndcg@10']['mean']:.4f}, frozen last item "
-            f"{rows['pretrained encoder, cosine to the last item']['ndcg@10']['mean']:.4f}",
-            flush=True,
-        )
-
 
 def served_vs_inprocess(served: np.ndarray, inprocess: np.ndarray, depth: int) -> dict[str, Any]:
     """The served engine's per-user ranks against the in-process model's, same users.
@@ -888,23 +614,6 @@ def served_vs_inprocess(served: np.ndarray, inprocess: np.ndarray, depth: int) -
         "users_rank_differs": int((a != b).sum()),
         "max_rank_shift": int(np.abs(a - b).max()) if len(a) else 0,
     }
-
-
-def _random_ranking(histories: list[list[int]], num_items: int) -> dict[str, Any]:
-    """Expected metrics of a uniformly random ranking of each user's unseen items."""
-    out: dict[str, Any] = {}
-    for k in (10, 50):
-        hr, ndcg = [], []
-        for history in histories:
-            unseen = max(num_items - len(set(history)), 1)
-            top = min(k, unseen)
-            hr.append(top / unseen)
-            ndcg.append(sum(1 / np.log2(r + 2) for r in range(top)) / unseen)
-        # An expectation, not a sample: no interval.
-        for name, values in ((f"hr@{k}", hr), (f"ndcg@{k}", ndcg)):
-            mean = float(np.mean(values))
-            out[name] = {"mean": mean, "low": mean, "high": mean}
-    return out
 
 
 def _project_2d(unit: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, list]:
