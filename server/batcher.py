@@ -10,11 +10,12 @@ The wait is adaptive: when no run is in progress the batch goes at once with wha
 already queued, so a lone request (concurrency 1) never pays ``max_wait_ms``; under
 load, runs are in progress, requests pile up behind them, and batches fill.
 
-A lone request that ``inline`` calls cheap (an ID history on a sequence-head bundle: a
-~1 ms head run) runs on the event loop itself when nothing else is queued or running:
-handing it to a worker thread and waking the loop afterwards costs about as much as the
-work (server.batcher's profile in benchmarks/results). Anything else, and everything
-under load, goes to the pool as before.
+Opt-in (``irec serve --lone-requests loop``): a lone request that ``inline`` calls cheap
+(an ID history on a sequence-head bundle: a ~1 ms head run) runs on the event loop itself
+when nothing else is queued or running, saving the hand-off to a worker thread and the
+wake-up after it (−0.4 ms per lone call in benchmarks.server_variants); anything else, and
+everything under load, goes to the pool. Not the default: while the loop runs the work, a
+stream's next messages wait, so one stream loses throughput (measured −5% to −24%).
 """
 
 from __future__ import annotations

@@ -307,16 +307,15 @@ class RecommenderEngine:
                 )
             except RuntimeError:  # too few live elements reachable: search one by one
                 return {}
-            ids, titles = self.bundle.items.ids, self.bundle.items.titles
             out: dict[int, list[ScoredItem]] = {}
             for n, row_labels, row_distances in zip(batch, labels, distances, strict=True):
                 query = queries[n]
                 found = [
-                    (int(row), 1.0 - float(d))
-                    for row, d in zip(row_labels, row_distances, strict=True)
-                    if int(row) not in query.exclude
-                ][: query.k]
-                out[n] = [ScoredItem(ids[row], score, titles[row]) for row, score in found]
+                    (row, score)
+                    for row, score in _scored(row_labels, row_distances)
+                    if row not in query.exclude
+                ]
+                out[n] = self._items(found[: query.k])
             return out
 
     def take_tokenize_ms(self) -> float:
@@ -520,8 +519,12 @@ class RecommenderEngine:
                 wanted = k - len(found) + len(taken)
                 more = _knn(self.bundle.all_items_index, user, wanted, live["all"])
                 found += [(row, s) for row, s in more if row not in taken][: k - len(found)]
-            ids, titles = self.bundle.items.ids, self.bundle.items.titles
-            return [ScoredItem(ids[row], score, titles[row]) for row, score in found]
+            return self._items(found)
+
+    def _items(self, found: Sequence[tuple[int, float]]) -> list[ScoredItem]:
+        """(row, score) pairs as answered items: ID, score, title."""
+        ids, titles = self.bundle.items.ids, self.bundle.items.titles
+        return [ScoredItem(ids[row], score, titles[row]) for row, score in found]
 
 
 def _knn(index: hnswlib.Index, vector: np.ndarray, k: int, size: int) -> list[tuple[int, float]]:
@@ -535,4 +538,9 @@ def _knn(index: hnswlib.Index, vector: np.ndarray, k: int, size: int) -> list[tu
             k //= 2
     if k <= 0:
         return []
-    return [(int(label), 1.0 - float(d)) for label, d in zip(labels[0], distances[0], strict=True)]
+    return _scored(labels[0], distances[0])
+
+
+def _scored(labels: np.ndarray, distances: np.ndarray) -> list[tuple[int, float]]:
+    """One query's hnswlib answer as (row, cosine) pairs; its ip distance is 1 - dot."""
+    return [(int(label), 1.0 - float(d)) for label, d in zip(labels, distances, strict=True)]
