@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add("--out", type=Path, default=Path("reports/latest"), help="report folder")
     _model_options(a)
     a.add("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the warm track")
+    a.add(
+        "--validation-users",
+        type=int,
+        default=1000,
+        help="users scored at each validation step (model and mode choices); all of them when "
+        "this is at least the number of users",
+    )
     a.add("--cold-minutes", type=float, default=12.0, help="training budget of the cold track")
     a.add("--cold-fraction", type=float, default=0.15, help="share of items held out as cold")
     a.add(

@@ -45,7 +45,6 @@ from training.run import (
 from training.text import render_items, render_titles
 from training.torch_encoder import embed_texts
 
-VALIDATION_USERS = 1000  # users scored at each validation step (all users for the final numbers)
 ITEM_TEXT_MAX_LENGTH = 48
 QUICK_USERS = 300
 # Per-interest answers compared with the single user vector (served engine, k = 50).
@@ -204,18 +203,18 @@ class QualityRun:
         )
 
     @staticmethod
-    def _sample_users(count: int, seed: int) -> list[int]:
-        """A seeded sample of up to VALIDATION_USERS of `count` users: the validation slice."""
+    def _sample_users(count: int, seed: int, size: int) -> list[int]:
+        """A seeded sample of up to `size` of `count` users."""
         rng = np.random.default_rng(seed)
-        return [int(u) for u in rng.choice(count, size=min(VALIDATION_USERS, count), replace=False)]
+        return [int(u) for u in rng.choice(count, size=min(size, count), replace=False)]
 
     def _validation_rows(self, seed: int) -> list[int]:
         """The users of the validation slice of the whole split."""
-        return self._sample_users(len(self.split.train), seed)
+        return self._sample_users(len(self.split.train), seed, self.config.train.validation_users)
 
     def _validation(self, train: list[list[int]], targets: list[int], seed: int) -> Any:
         """(histories, targets) of the validation slice of these users."""
-        users = self._sample_users(len(train), seed)
+        users = self._sample_users(len(train), seed, self.config.train.validation_users)
         return [train[u] for u in users], [targets[u] for u in users]
 
     def _fit(
@@ -503,7 +502,7 @@ class QualityRun:
         unit = self.text_embeddings / np.maximum(
             np.linalg.norm(self.text_embeddings, axis=1, keepdims=True), 1e-12
         )
-        rows = self._sample_users(min(len(s.train), INTEREST_USERS), self.config.seed + 5)
+        rows = self._sample_users(min(len(s.train), INTEREST_USERS), self.config.seed + 5, 1000)
         slices = {
             "validation": ([s.train[u] for u in rows], [s.val_targets[u] for u in rows]),
             "test": ([s.test_histories[u] for u in rows], [s.test_targets[u] for u in rows]),

@@ -32,3 +32,15 @@ def test_serve_flags_and_env_twins_set_the_config(monkeypatch: pytest.MonkeyPatc
         trace="otlp",
         metrics_port=0,
     )
+
+
+def test_eval_validation_users_reach_the_validation_slice(tmp_path: Path) -> None:
+    from irec.cli import train_config
+    from irec.quality import QualityRun
+
+    args = build_parser().parse_args(["eval", "--validation-users", "6040"])
+    assert train_config(args, tmp_path).validation_users == 6040
+    everyone = QualityRun._sample_users(50, 0, 6040)  # more asked than there are: all of them
+    assert sorted(everyone) == list(range(50))
+    some = QualityRun._sample_users(50, 0, 10)
+    assert len(set(some)) == 10 and some == QualityRun._sample_users(50, 0, 10)

@@ -143,3 +143,26 @@ def test_stale_evaluations_and_the_time_budget_lower_the_learning_rate(encoder_a
     train_head(head, sequences, progress=False, log=log, time_budget_s=3600)
     assert rates == sorted(rates, reverse=True) and rates[0] < head.config.learning_rate
     assert rates[-1] > 0.1 * head.config.learning_rate
+
+
+def test_attention_dropout_is_its_own_knob():
+    """Dropout elsewhere off: training-mode passes differ only when attention dropout is on."""
+    from training.sequence_head import HeadConfig, SequenceHead
+
+    ids = torch.tensor([[0, 1, 2, 3, 4], [2, 3, 4, 5, 6]])
+    for attention, differs in ((0.0, False), (0.5, True)):
+        torch.manual_seed(0)
+        config = HeadConfig(dim=16, heads=2, max_length=5, dropout=0.0, attention_dropout=attention)
+        head = SequenceHead(torch.randn(8, 12), config).train()
+        first, second = (head.user_vectors(ids, head.item_text[ids]) for _ in range(2))
+        assert (not torch.allclose(first, second)) is differs
+
+
+def test_the_text_only_loss_runs_on_a_random_share_of_positions():
+    from training.sequence_head import _text_loss_rows
+
+    rows = _text_loss_rows(100, 0.25, torch.device("cpu"))
+    assert len(rows) == 25 and len(set(rows.tolist())) == 25 and 0 <= int(rows.min())
+    assert int(rows.max()) < 100
+    assert _text_loss_rows(3, 0.1, torch.device("cpu")).numel() == 1
+    assert _text_loss_rows(7, 1.0, torch.device("cpu")).tolist() == list(range(7))
