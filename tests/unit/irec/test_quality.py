@@ -283,3 +283,14 @@ def test_served_vs_inprocess_compares_the_same_users_ranks():
     out = inprocess.copy()
     out[2] = 12
     assert served_vs_inprocess(out, inprocess, depth=50)["hr@10_abs_diff"] == pytest.approx(1 / 7)
+
+
+def test_the_report_says_whose_items_validated():
+    from irec.report import _validation_slice
+
+    def report(asked: int) -> dict:
+        return {"config": {"train": {"validation_users": asked}}, "data": {"users": 6040}}
+
+    assert _validation_slice(report(6040)) == "all users"
+    assert _validation_slice(report(99999)) == "all users"
+    assert _validation_slice(report(1000)) == "1,000 users"
