@@ -44,3 +44,25 @@ def test_eval_validation_users_reach_the_validation_slice(tmp_path: Path) -> Non
     assert sorted(everyone) == list(range(50))
     some = QualityRun._sample_users(50, 0, 10)
     assert len(set(some)) == 10 and some == QualityRun._sample_users(50, 0, 10)
+
+
+def test_id_dropout_options_set_the_head_and_unset_ones_keep_its_defaults(tmp_path: Path) -> None:
+    from irec.cli import train_config
+    from training.sequence_head import HeadConfig
+
+    args = build_parser().parse_args(["eval", "--item-id-dropout", "0", "--id-dropout", "0.1"])
+    head = train_config(args, tmp_path).head
+    assert (head.item_id_dropout, head.id_dropout) == (0.0, 0.1)
+    assert head.text_only_histories == HeadConfig().text_only_histories
+    default = train_config(build_parser().parse_args(["eval"]), tmp_path).head
+    assert default == HeadConfig(epochs=default.epochs)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "demo", "--out", "r", "--id-dropout", "1"])
+
+
+def test_id_dropout_help_names_the_heads_defaults() -> None:
+    from irec.cli import ID_DROPOUT_OPTIONS
+    from training.sequence_head import HeadConfig
+
+    for field, help_text in ID_DROPOUT_OPTIONS.values():
+        assert help_text.endswith(f"({getattr(HeadConfig(), field)})"), field
