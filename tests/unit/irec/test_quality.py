@@ -294,3 +294,23 @@ def test_the_report_says_whose_items_validated():
     assert _validation_slice(report(6040)) == "all users"
     assert _validation_slice(report(99999)) == "all users"
     assert _validation_slice(report(1000)) == "1,000 users"
+
+
+def test_the_published_ml1m_report_and_the_readme_quote_the_same_numbers():
+    """report.json is the contract; report.md is rendered from it, the README quotes it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    folder = root / "training" / "results" / "ml-1m-sasrec"
+    tracks = json.loads((folder / "report.json").read_text())["tracks"]
+    warm = f"{tracks['warm']['ndcg10_mean']:.4f} ± {tracks['warm']['ndcg10_sd']:.4f}"
+    quoted = [
+        warm,
+        f"{tracks['text_history']['ndcg10']:.4f}",
+        f"{tracks['cold']['ndcg10']:.4f}",
+        f"{tracks['cold']['text_only_ndcg10']:.4f}",
+    ]
+    readme, report_md = (root / "README.md").read_text(), (folder / "report.md").read_text()
+    for number in quoted:
+        assert number in readme, number
+        assert number in report_md, number
