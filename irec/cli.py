@@ -63,18 +63,13 @@ def _share(value: str) -> float:
     return number
 
 
-# The head's ID dropout (training.sequence_head.HeadConfig): the price of the text path. Unset
-# options keep HeadConfig's defaults, named in the help.
+# The head's ID dropout (training.sequence_head.HeadConfig fields; flag = --field-name): the
+# price of the text path. Unset options keep HeadConfig's defaults, named in the help.
 ID_DROPOUT_OPTIONS = {
-    "--id-dropout": ("id_dropout", "share of history positions read by text alone (0.2)"),
-    "--text-only-histories": (
-        "text_only_histories",
-        "share of training histories read by text alone, as written histories are (0.2)",
-    ),
-    "--item-id-dropout": (
-        "item_id_dropout",
-        "share of items scored by text alone in a step, as new items are (0.5)",
-    ),
+    "id_dropout": "share of history positions read by text alone (0.2)",
+    "text_only_histories": "share of training histories read by text alone, as written "
+    "histories are (0.2)",
+    "item_id_dropout": "share of items scored by text alone in a step, as new items are (0.5)",
 }
 
 
@@ -106,8 +101,8 @@ def _model_options(a: EnvArgs) -> None:
     a.add("--quick", action="store_true", help="a tiny BERT built on the fly, small head")
     a.add("--seed", type=int, default=0, help="random seed")
     a.add("--quiet", action="store_true", help="no progress bars")
-    for flag, (_, help_text) in ID_DROPOUT_OPTIONS.items():
-        a.add(flag, type=_share, default=None, help=help_text)
+    for field, help_text in ID_DROPOUT_OPTIONS.items():
+        a.add(f"--{field.replace('_', '-')}", type=_share, default=None, help=help_text)
     # The contrastive stage (--encoder contrastive).
     a.add("--max-steps", type=int, help="contrastive: stop after this many steps")
     a.add("--batch-size", type=int, default=32, help="contrastive: histories per step")
@@ -146,9 +141,9 @@ def train_config(args: argparse.Namespace, out: Path) -> Any:
         head=HeadConfig(
             epochs=args.epochs,
             **{
-                field: getattr(args, flag[2:].replace("-", "_"))
-                for flag, (field, _) in ID_DROPOUT_OPTIONS.items()
-                if getattr(args, flag[2:].replace("-", "_"), None) is not None
+                field: getattr(args, field)
+                for field in ID_DROPOUT_OPTIONS
+                if getattr(args, field) is not None
             },
         ),
         minutes=args.minutes,

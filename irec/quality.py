@@ -57,6 +57,7 @@ INTEREST_VARIANTS: dict[str, tuple[int, str, float]] = {
     "3 interests, quota, history 7/10": (3, "quota", 0.7),
 }
 INTEREST_USERS = 2000
+INTEREST_SAMPLE = 1000  # users drawn from the first INTEREST_USERS for that comparison
 INTEREST_MAX_NDCG_LOSS = 0.03
 OURS = "irec: text + ID sequence head (torch, exact)"
 FALLBACK = "irec: pretrained encoder (the head lost on validation)"
@@ -502,7 +503,9 @@ class QualityRun:
         unit = self.text_embeddings / np.maximum(
             np.linalg.norm(self.text_embeddings, axis=1, keepdims=True), 1e-12
         )
-        rows = self._sample_users(min(len(s.train), INTEREST_USERS), self.config.seed + 5, 1000)
+        rows = self._sample_users(
+            min(len(s.train), INTEREST_USERS), self.config.seed + 5, INTEREST_SAMPLE
+        )
         slices = {
             "validation": ([s.train[u] for u in rows], [s.val_targets[u] for u in rows]),
             "test": ([s.test_histories[u] for u in rows], [s.test_targets[u] for u in rows]),

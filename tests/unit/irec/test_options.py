@@ -64,5 +64,5 @@ def test_id_dropout_help_names_the_heads_defaults() -> None:
     from irec.cli import ID_DROPOUT_OPTIONS
     from training.sequence_head import HeadConfig
 
-    for field, help_text in ID_DROPOUT_OPTIONS.values():
+    for field, help_text in ID_DROPOUT_OPTIONS.items():
         assert help_text.endswith(f"({getattr(HeadConfig(), field)})"), field
