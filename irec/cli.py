@@ -69,7 +69,7 @@ ID_DROPOUT_OPTIONS = {
     "id_dropout": "share of history positions read by text alone (0.2)",
     "text_only_histories": "share of training histories read by text alone, as written "
     "histories are (0.2)",
-    "item_id_dropout": "share of items scored by text alone in a step, as new items are (0.5)",
+    "item_id_dropout": "share of items scored by text alone in a step, as new items are (0.0)",
 }
 
 

@@ -50,9 +50,9 @@ def test_id_dropout_options_set_the_head_and_unset_ones_keep_its_defaults(tmp_pa
     from irec.cli import train_config
     from training.sequence_head import HeadConfig
 
-    args = build_parser().parse_args(["eval", "--item-id-dropout", "0", "--id-dropout", "0.1"])
+    args = build_parser().parse_args(["eval", "--item-id-dropout", "0.3", "--id-dropout", "0.1"])
     head = train_config(args, tmp_path).head
-    assert (head.item_id_dropout, head.id_dropout) == (0.0, 0.1)
+    assert (head.item_id_dropout, head.id_dropout) == (0.3, 0.1)
     assert head.text_only_histories == HeadConfig().text_only_histories
     default = train_config(build_parser().parse_args(["eval"]), tmp_path).head
     assert default == HeadConfig(epochs=default.epochs)
