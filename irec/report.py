@@ -31,9 +31,8 @@ TRIED = [
     "head on the next-item objective for a few epochs, the item table refreshed every few "
     "steps, kept only if better on validation; then the head alone on the tuned table), "
     "projected, plus a zero-initialised ID residual",
-    "ID dropout (history positions, whole histories and output items scored by text alone) "
-    "and a text-only auxiliary cross-entropy (on a random quarter of the positions), so new "
-    "items and written histories work",
+    "ID dropout ({id_dropout}) and a text-only auxiliary cross-entropy (on a random quarter "
+    "of the positions), so new items and written histories work",
     "most recent item at the last position of a causal transformer; the last hidden state "
     "is the user",
     "early stopping on validation NDCG@10 of {validation} (patience 3 evaluations of 2 "
@@ -48,8 +47,20 @@ NEXT = [
     "longer joint fine-tuning of the encoder (more layers, more updates; a GPU when lent)",
     "several user vectors from the head (e.g. last positions of distinct sessions) for "
     "multi-interest retrieval, instead of item medoids",
-    "a text tower with more capacity for cold items (MLP; a larger packaged encoder)",
+    "a text tower with more capacity for cold items (a larger packaged encoder than MiniLM)",
 ]
+
+
+def _id_dropout(report: dict[str, Any]) -> str:
+    """The run's ID dropout in words: which parts were read by text alone, how often."""
+    head = report.get("config", {}).get("train", {}).get("head", {})
+    parts = [
+        ("history positions", "id_dropout"),
+        ("whole histories", "text_only_histories"),
+        ("output items", "item_id_dropout"),
+    ]
+    said = [f"{name} {head[field]:g}" for name, field in parts if head.get(field)]
+    return "read by text alone: " + ", ".join(said) if said else "none"
 
 
 def _validation_slice(report: dict[str, Any]) -> str:
@@ -176,7 +187,9 @@ def markdown(report: dict[str, Any]) -> str:
                 else f"{TARGET_NDCG - reached:.4f} short."
             )
             + " This model: "
-            + "; ".join(TRIED).format(validation=_validation_slice(report))
+            + "; ".join(TRIED).format(
+                validation=_validation_slice(report), id_dropout=_id_dropout(report)
+            )
             + ". Next: "
             + "; ".join(NEXT)
             + ".",

@@ -60,8 +60,8 @@ class HeadConfig:
     id_dropout: float = 0.2  # P(a history position enters by its text alone)
     text_only_histories: float = 0.2  # P(a whole training history has no IDs)
     # P(an item is scored by its text alone in a step). Off by default: on ML-1M, 3 seeds,
-    # 0.5 cost warm users 5% of validation NDCG@10 (0.1483 vs 0.1558) and text histories
-    # 13% (0.0888 vs 0.1026), for a cold gain within noise on test (README, the tries).
+    # 0.5 cost warm users 5% of validation NDCG@10 (0.1483 vs 0.1558) and text histories 13%
+    # on test (0.0888 vs 0.1026), for a cold gain within noise on test (README, the tries).
     item_id_dropout: float = 0.0
     text_loss_weight: float = 0.5  # weight of the CE over text-only item vectors
     # Share of a batch's positions the text-only CE is computed on (a random subset each

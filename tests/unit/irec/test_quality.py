@@ -296,6 +296,18 @@ def test_the_report_says_whose_items_validated():
     assert _validation_slice(report(1000)) == "1,000 users"
 
 
+def test_the_report_says_which_parts_were_read_by_text_alone():
+    from irec.report import _id_dropout
+
+    def report(**head: float) -> dict:
+        return {"config": {"train": {"head": head}}}
+
+    said = _id_dropout(report(id_dropout=0.2, text_only_histories=0.2, item_id_dropout=0.0))
+    assert said == "read by text alone: history positions 0.2, whole histories 0.2"
+    assert "output items 0.5" in _id_dropout(report(item_id_dropout=0.5))
+    assert _id_dropout(report()) == "none"
+
+
 def test_the_published_ml1m_report_and_the_readme_quote_the_same_numbers():
     """report.json is the contract; report.md is rendered from it, the README quotes it."""
     from pathlib import Path
