@@ -48,7 +48,7 @@ stress: $(STAMP) ## the concurrency tests COUNT times each (pytest-repeat; COUNT
 SAMPLE ?= 40
 MUTATE ?= engine metrics
 
-mutation: $(STAMP) ## cosmic-ray on server/engine.py, server/metrics.py (SAMPLE=40 each), niced
+mutation: $(STAMP) ## cosmic-ray on server/core/engine.py, server/metrics.py (SAMPLE=40 each), niced
 	nice -n 10 $(BIN)/python -m tests.mutation.run $(MUTATE) --sample $(SAMPLE)
 
 lint: $(STAMP) ## ruff lint and format check

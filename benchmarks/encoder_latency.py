@@ -1,7 +1,7 @@
 """Latency of the served encoder by device, variant, IO binding and input shape.
 
 `python -m benchmarks.encoder_latency --bundle DIR [--device cpu,cuda]` loads
-the bundle's exported encoders exactly as the server does (server.text_encoder) and
+the bundle's exported encoders exactly as the server does (server.bundle.text_encoder) and
 times `TextEncoder.encode` (tokenize + ONNX Runtime + copy out) on texts built to
 an exact token count, for each batch × tokens shape. Configurations are timed
 round-robin in one run (these machines are noisy), medians and p90 reported.
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import results
-from server import manifest as fmt
-from server.text_encoder import CPU, CUDA, TextEncoder, load_tokenizer, open_session
+from server.bundle import manifest as fmt
+from server.bundle.text_encoder import CPU, CUDA, TextEncoder, load_tokenizer, open_session
 
 DEFAULT_SHAPES = ((1, 32), (1, 128), (32, 64), (32, 128), (256, 128))
 
@@ -80,7 +80,7 @@ def build_encoders(bundle: Path, devices: Sequence[str], threads: int) -> dict[C
             if CUDA not in ort.get_available_providers():
                 print("cuda: this onnxruntime has no CUDA provider; skipped", file=sys.stderr)
                 continue
-            from server.text_encoder import preload_cuda_libraries
+            from server.bundle.text_encoder import preload_cuda_libraries
 
             preload_cuda_libraries()
             for variant in ("fp16", "int8"):

@@ -39,7 +39,7 @@ from onnxruntime.transformers.optimizer import optimize_model
 from benchmarks import results
 from export.onnx_encoder import export_fp32, quantize_int8
 from irec.quality import ITEM_TEXT_MAX_LENGTH, make_split
-from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
+from server.bundle.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
 from training.data import load_spec
 from training.evaluate import summarise, target_ranks
 from training.run_folder import RUN_INFO_FILE, RunFolder

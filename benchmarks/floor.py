@@ -39,12 +39,12 @@ import numpy as np
 
 from benchmarks import results
 from irec.server_process import spawn_server
-from server import manifest as fmt
+from server.bundle import manifest as fmt
 from server.config import ServerConfig
-from server.engine import RecommenderEngine, RecommendQuery
+from server.core.engine import RecommenderEngine, RecommendQuery
+from server.core.model_slot import load_engine
+from server.grpc.recsys_v1 import to_query
 from server.loadgen import LoadResult, LoadSpec, build_requests, item_ids_from_bundle, run_load
-from server.service import to_query
-from server.serving import load_engine
 
 # Goals of issue 12, per call on the same machine.
 OWN_CODE_GOAL_MS = 0.25

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from benchmarks import results as results_file
-from server.manifest import MANIFEST_FILE
+from server.bundle.manifest import MANIFEST_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

@@ -37,8 +37,8 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks import results as results_file
 from export.item_index import build_index, save_index
-from server.bundle import load_index
-from server.manifest import HnswParams
+from server.bundle.loader import load_index
+from server.bundle.manifest import HnswParams
 
 DIMENSION = 384  # all-MiniLM-L6-v2's embedding size, the encoder the demo serves
 K = 10
@@ -147,7 +147,7 @@ def real_catalogue(
     history without its last (test) item. Otherwise queries are item vectors plus noise.
     Parameters follow the export: unnormalised vectors get the MIPS augmentation.
     """
-    from server.bundle import load_bundle
+    from server.bundle.loader import load_bundle
 
     bundle = load_bundle(bundle_dir, device="cpu")
     vectors = bundle.item_embeddings

@@ -43,7 +43,7 @@ from export.bundle_writer import (
     write_items,
 )
 from export.item_index import build_index, save_index
-from server import manifest as fmt
+from server.bundle import manifest as fmt
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 # Issue 12's goals: seconds to SERVING and RSS at these catalogue sizes.
@@ -346,10 +346,10 @@ def _timing(targets: Sequence[tuple[Any, str]], totals: dict[str, float]) -> Ite
 
 def load_breakdown(bundle: Path) -> dict[str, float]:
     """Seconds per stage of the server's bundle load (in this process; one run)."""
-    import server.bundle as loader
-    import server.engine as engine
+    import server.bundle.loader as loader
+    import server.core.engine as engine
     from server.config import ServerConfig
-    from server.serving import load_engine
+    from server.core.model_slot import load_engine
 
     totals: dict[str, float] = {}
     targets = [

@@ -1,6 +1,6 @@
 """`irec export`: turn a run folder into a verified bundle, swapped in only when it passes.
 
-Reads the run through training.run_folder and writes the bundle that server.manifest
+Reads the run through training.run_folder and writes the bundle that server.bundle.manifest
 describes: the two contracts, one on each side of export. Steps: ONNX fp32 → int8 (CPU)
 and fp16 (GPU) → parity gate → tokenizer, items, embeddings, centroids, HNSW indexes →
 manifest with sha256 of every file → load the staged bundle with the server's own
@@ -24,12 +24,12 @@ from export.item_index import build_index, recall_at_k, save_index
 from export.onnx_encoder import convert_fp16, export_fp32, quantize_int8
 from export.onnx_head import HEAD_PARITY_MIN_COSINE, export_head, head_parity
 from export.parity import PARITY_MEAN_COSINE, PARITY_MIN_COSINE, check_parity, measure_parity
-from server import manifest as fmt
-from server.bundle import load_bundle
-from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode
-from server.manifest import render_history
-from server.new_items import DEFAULT_ID_WEIGHT, DEFAULT_NEIGHBOURS, new_item_vectors
-from server.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
+from server.bundle import manifest as fmt
+from server.bundle.loader import load_bundle
+from server.bundle.manifest import render_history
+from server.bundle.new_items import DEFAULT_ID_WEIGHT, DEFAULT_NEIGHBOURS, new_item_vectors
+from server.bundle.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
+from server.core.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from training.run_folder import RunFolder, RunFolderError
 from training.torch_encoder import embed_texts, load_encoder
 
@@ -57,7 +57,7 @@ class ExportOptions:
     min_recall: float = 0.9
     # Items table (CSV/Parquet) of items unknown to training: they enter the bundle by
     # their text (encoder + the head's text projection, plus an ID part borrowed from their
-    # text neighbours: server/new_items.py).
+    # text neighbours: server/bundle/new_items.py).
     new_items: Path | None = None
     # Per-interest answers of a head bundle: (merge, whole-history share, default number);
     # None = the manifest's defaults.

@@ -8,7 +8,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from server.manifest import HnswParams
+from server.bundle.manifest import HnswParams
 
 
 def build_index(

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.manifest import ParityReport
-from server.text_encoder import TextEncoder
+from server.bundle.manifest import ParityReport
+from server.bundle.text_encoder import TextEncoder
 
 PARITY_MIN_COSINE = 0.90
 PARITY_MEAN_COSINE = 0.98

@@ -37,12 +37,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.batcher import LENGTH_SPREAD
+from server.bundle.manifest import read_manifest
 from server.config import ServerConfig
-from server.engine import PreparedQuery, Recommendation, RecommenderEngine, RecommendQuery
+from server.core.batcher import LENGTH_SPREAD
+from server.core.engine import PreparedQuery, Recommendation, RecommenderEngine, RecommendQuery
+from server.core.model_slot import load_engine
 from server.errors import IrecError
-from server.manifest import read_manifest
-from server.serving import load_engine
 
 log = logging.getLogger(__name__)
 

@@ -415,7 +415,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from export.bundle_writer import ExportOptions, export_run, verify_bundle
-    from server.engine import RetrievalMode
+    from server.core.engine import RetrievalMode
 
     if args.verify is not None:
         print(verify_bundle(args.verify))
@@ -440,7 +440,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import serve
+    from server.grpc.app import serve
     from server.logs import configure
 
     configure(args.log_level, args.log_format)
@@ -505,9 +505,9 @@ def _list_clusters(args: argparse.Namespace) -> int:
 
 def _clusters_of_bundle(path: Path, top_items: int) -> Any:
     """ListClusters' answer for a bundle folder, computed here by the same code."""
-    from server.bundle import load_bundle
-    from server.engine import RecommenderEngine
-    from server.service import list_clusters_response
+    from server.bundle.loader import load_bundle
+    from server.core.engine import RecommenderEngine
+    from server.grpc.recsys_v1 import list_clusters_response
 
     return list_clusters_response(RecommenderEngine(load_bundle(path, device="cpu")), top_items)
 
@@ -613,10 +613,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """Errors that get a one-line message instead of a traceback."""
     import grpc
 
+    from server.bundle.manifest import ManifestError
     from server.client import StreamFileError
     from server.errors import IrecError
     from server.loadgen import LoadSpecError
-    from server.manifest import ManifestError
 
     errors: list[type[BaseException]] = [
         IrecError,

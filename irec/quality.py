@@ -399,8 +399,8 @@ class QualityRun:
 
     def _served(self, model: TrainedModel) -> Path:
         from export.bundle_writer import ExportOptions, export_run
-        from server.bundle import load_bundle
-        from server.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
+        from server.bundle.loader import load_bundle
+        from server.core.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
         from training.run_folder import write_run
 
         cfg, s = self.config, self.split
@@ -495,8 +495,8 @@ class QualityRun:
         and test (report): NDCG@10, HR@50, distinct categories in the top 10 and
         intra-list distance (mean 1 − cosine of the top 10's text embeddings).
         """
-        from server.engine import RecommendQuery, RetrievalMode
-        from server.interests import MergePolicy
+        from server.core.engine import RecommendQuery, RetrievalMode
+        from server.core.interests import MergePolicy
 
         s = self.split
         ids = [item.item_id for item in engine.bundle.items]

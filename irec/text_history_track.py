@@ -17,7 +17,7 @@ from irec.protocol import EvalConfig, Split
 from training.evaluate import summarise
 from training.multi_interest import hits_from_lists
 
-# The server takes at most 64 texts per request (server.engine.Limits.max_texts): a
+# The server takes at most 64 texts per request (server.core.engine.Limits.max_texts): a
 # written history is its most recent titles.
 TEXT_HISTORY_ITEMS = 50
 

@@ -11,7 +11,7 @@ import grpc
 
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.security import channel_credentials
+from server.grpc.security import channel_credentials
 
 MODES = {
     "default": pb.RETRIEVAL_MODE_UNSPECIFIED,

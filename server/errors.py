@@ -1,7 +1,7 @@
 """One exception tree for the server and the one table that maps it to gRPC codes.
 
 The engine and the dispatch layer raise these; the gRPC adapters (unary and streaming
-alike, server.grpc_calls) map them with :func:`grpc_status_for`, and the metrics count
+alike, server.grpc.calls) map them with :func:`grpc_status_for`, and the metrics count
 them by :func:`status_name`. Anything not in the tree becomes INTERNAL with a
 generic message: details go to the log, never to the caller.
 """

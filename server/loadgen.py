@@ -30,10 +30,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.bundle.manifest import ITEMS_FILE
 from server.client import call_security, open_channel
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.manifest import ITEMS_FILE
 
 # "health" is the transport's floor: a trivial unary call (grpc.health.v1 Check) on the
 # same server, channel and interceptors, with none of our work behind it.

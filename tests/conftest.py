@@ -94,7 +94,7 @@ class LiveServer:
 
     target: str
     port: int
-    running: object  # server.app.RunningServer
+    running: object  # server.grpc.app.RunningServer
 
 
 @contextmanager
@@ -102,8 +102,8 @@ def background_server(
     bundle: Path, span_exporter: object = None, **options: object
 ) -> Iterator[LiveServer]:
     """The real grpc.aio server on 127.0.0.1:0, in its own event-loop thread."""
-    from server.app import start_server
     from server.config import ServerConfig
+    from server.grpc.app import start_server
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from server.manifest import render_history
+from server.bundle.manifest import render_history
 from training.torch_encoder import MeanPoolEncoder, tokenize
 
 # Temperature ~0.05 is what the strongest contrastive recommenders on

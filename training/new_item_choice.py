@@ -1,7 +1,7 @@
 """How a new item (known by its text alone) is served, chosen on validation.
 
 A new item's vector is its text projection plus the mean ID part of its nearest trained
-items, times a weight (server/new_items.py). More weight ranks new items higher, for the
+items, times a weight (server/bundle/new_items.py). More weight ranks new items higher, for the
 users who want them and for everyone else. The setting is chosen the same way by `irec
 eval` (items truly held out of training) and `irec train` (items that stand in for new
 ones, see :func:`choose_for_run`): the best NDCG@10 for users whose validation item is
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from server.new_items import new_item_vectors
+from server.bundle.new_items import new_item_vectors
 from training.evaluate import target_ranks
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from server.manifest import render_history
+from server.bundle.manifest import render_history
 from training import baselines
 from training.cluster import Clustering, cluster_users, item_terms
 from training.data import DataError, load_spec

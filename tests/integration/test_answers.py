@@ -29,7 +29,7 @@ from export.bundle_writer import (
 )
 from export.item_index import build_index, save_index
 from export.onnx_head import export_head
-from server import manifest as fmt
+from server.bundle import manifest as fmt
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import background_server

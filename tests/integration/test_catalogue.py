@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server import manifest as fmt
+from server.bundle import manifest as fmt
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import background_server

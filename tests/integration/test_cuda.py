@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.text_encoder import CUDA
+from server.bundle.text_encoder import CUDA
 
 pytestmark = pytest.mark.gpu
 
@@ -45,8 +45,8 @@ def median_ms(fn, repeats: int = 30) -> float:  # type: ignore[no-untyped-def]
 
 
 def test_cuda_fp16_matches_cpu_int8_and_recommends_alike(gpu_bundle):
-    from server.bundle import load_bundle
-    from server.engine import RecommenderEngine, RecommendQuery
+    from server.bundle.loader import load_bundle
+    from server.core.engine import RecommenderEngine, RecommendQuery
 
     gpu = load_bundle(gpu_bundle, device="cuda")
     cpu = load_bundle(gpu_bundle, device="cpu")
@@ -86,10 +86,10 @@ def test_server_reports_cuda(gpu_bundle):
 
     import grpc
 
-    from server.app import start_server
     from server.config import ServerConfig
     from server.generated.recsys.v1 import recommender_pb2 as pb
     from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
+    from server.grpc.app import start_server
 
     async def scenario() -> None:
         running = await start_server(ServerConfig(bundle=gpu_bundle, port=0, device="cuda"))

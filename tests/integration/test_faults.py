@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server import manifest as fmt
+from server.bundle import manifest as fmt
 from server.client import RecommenderClient, make_request
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc

@@ -10,8 +10,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 def test_minilm_train_export_parity_and_serve(tmp_path):
     from export.bundle_writer import export_run
-    from server.bundle import load_bundle
-    from server.engine import RecommenderEngine, RecommendQuery
+    from server.bundle.loader import load_bundle
+    from server.core.engine import RecommenderEngine, RecommendQuery
     from training.run import EncoderConfig, TrainConfig, train
     from training.sequence_head import HeadConfig
     from training.torch_encoder import default_model_dir

@@ -48,7 +48,7 @@ def backend(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):  # typ
 
 
 def _user_texts(run: Path) -> tuple[list[str], list[str]]:
-    from server.manifest import render_history
+    from server.bundle.manifest import render_history
 
     items = [json.loads(line) for line in (run / "items.jsonl").read_text().splitlines()]
     texts = [item["text"] for item in items]

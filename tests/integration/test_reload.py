@@ -123,9 +123,9 @@ def _healthcheck(target: str, service: str = "") -> tuple[int, str]:
 
 def test_readiness_is_separate_from_liveness(bundle_dir, monkeypatch):
     """While the bundle loads, the server is live ("" SERVING) and not ready (NOT_SERVING)."""
-    from server.app import start_server
     from server.config import ServerConfig
-    from server.serving import ServingState
+    from server.core.model_slot import ServingState
+    from server.grpc.app import start_server
 
     gate = threading.Event()
     original_load = ServingState.load
@@ -186,8 +186,8 @@ IN_FLIGHT = 8
 
 def test_drain_reports_not_serving_then_answers_every_call_in_flight(bundle_dir):
     """Stop with calls in flight: readiness goes NOT_SERVING, then every call is answered."""
-    from server.app import start_server
     from server.config import ServerConfig
+    from server.grpc.app import start_server
 
     # One run at a time, one request per run: the first call holds the encoder (gated),
     # the other IN_FLIGHT - 1 wait in the queue when the stop begins.

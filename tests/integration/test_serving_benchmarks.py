@@ -7,8 +7,8 @@ from pathlib import Path
 
 from benchmarks import encoder_latency, floor
 from server.config import ServerConfig
+from server.core.model_slot import load_engine
 from server.loadgen import LoadSpec, item_ids_from_bundle
-from server.serving import load_engine
 
 
 def test_encoder_latency_builds_exact_shapes_and_times_each(bundle_dir: Path) -> None:

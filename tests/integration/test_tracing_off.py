@@ -18,7 +18,7 @@ SERVE_ONE_CALL = textwrap.dedent(
 
     import grpc
 
-    from server.app import start_server
+    from server.grpc.app import start_server
     from server.config import ServerConfig
     from server.generated.recsys.v1 import recommender_pb2 as pb
     from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc

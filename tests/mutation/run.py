@@ -36,7 +36,7 @@ class Target:
 
 TARGETS = {
     "engine": Target(
-        "server/engine.py",
+        "server/core/engine.py",
         ("tests/unit/server/test_engine.py", "tests/unit/server/test_interests.py"),
         180.0,
     ),

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from benchmarks import retrieval, startup
-from server import manifest as fmt
-from server.bundle import load_bundle
+from server.bundle import manifest as fmt
+from server.bundle.loader import load_bundle
 
 
 def test_retrieval_core_at_a_tiny_size(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 
 from export.bundle_writer import ExportOptions, export_run, verify_bundle
 from export.parity import ParityError, check_parity
-from server import manifest as fmt
-from server.manifest import ParityReport
+from server.bundle import manifest as fmt
+from server.bundle.manifest import ParityReport
 
 
 def test_manifest_lists_every_file_with_its_sha256(bundle_dir):
@@ -94,7 +94,7 @@ def test_served_int8_encoder_embeds_like_torch_measured_here(trained_run, bundle
     """
     import numpy as np
 
-    from server.bundle import load_bundle
+    from server.bundle.loader import load_bundle
     from training.run_folder import RunFolder
     from training.torch_encoder import embed_texts, load_encoder
 
@@ -116,7 +116,7 @@ def test_served_int8_encoder_embeds_like_torch_measured_here(trained_run, bundle
 def test_new_items_in_a_text_encoder_bundle(trained_run, tmp_path):
     import numpy as np
 
-    from server.bundle import load_bundle
+    from server.bundle.loader import load_bundle
 
     new_items = tmp_path / "new.csv"
     new_items.write_text("item_id,title,categories\nfresh,The Blue Quartet,Jazz\n")

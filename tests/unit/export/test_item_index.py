@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from export.item_index import build_index, recall_at_k, save_index
-from server.bundle import load_index
-from server.manifest import HnswParams
+from server.bundle.loader import load_index
+from server.bundle.manifest import HnswParams
 
 
 def unit(rng, n, dim=32):

@@ -97,7 +97,7 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     assert "single user vector" in interests["variants"] and len(interests["variants"]) == 5
     assert interests["winner"] in interests["variants"]
     # The served bundle answers with the validation winner by default.
-    from server.manifest import read_manifest
+    from server.bundle.manifest import read_manifest
 
     head = read_manifest(out / "bundle").sequence_head
     served = interests["served_default"]
@@ -155,8 +155,8 @@ def test_quick_eval_tracks_come_out_in_the_known_order(quick_report):
 
 
 def test_served_head_bundle_answers_history_and_free_text(quick_report):
-    from server.bundle import load_bundle
-    from server.engine import RecommenderEngine, RecommendQuery
+    from server.bundle.loader import load_bundle
+    from server.core.engine import RecommenderEngine, RecommendQuery
 
     out, _ = quick_report
     bundle = load_bundle(out / "bundle", device="cpu")
@@ -215,8 +215,8 @@ def test_multi_interest_splits_budget_and_finds_each_interest():
 
 def test_a_new_item_enters_a_head_bundle_by_its_text_alone(quick_report, tmp_path):
     from export.bundle_writer import ExportOptions, export_run
-    from server.bundle import load_bundle
-    from server.engine import RecommenderEngine, RecommendQuery
+    from server.bundle.loader import load_bundle
+    from server.core.engine import RecommenderEngine, RecommendQuery
 
     out, _ = quick_report
     new_items = tmp_path / "new.csv"
@@ -249,9 +249,9 @@ def _clash(tmp_path):
 def test_add_items_to_a_head_bundle_uses_the_text_projection(quick_report):
     import numpy as np
 
-    from server.bundle import load_bundle
-    from server.catalogue import NewItem
-    from server.engine import RecommenderEngine, RecommendQuery
+    from server.bundle.loader import load_bundle
+    from server.core.catalogue import NewItem
+    from server.core.engine import RecommenderEngine, RecommendQuery
 
     out, _ = quick_report
     engine = RecommenderEngine(load_bundle(out / "bundle", device="cpu"))

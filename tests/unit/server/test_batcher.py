@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from server.batcher import MicroBatcher, _by_length, _Pending
+from server.core.batcher import MicroBatcher, _by_length, _Pending
 from server.errors import Overloaded
 
 
@@ -128,7 +128,7 @@ HISTORIES = [
 def test_head_batch_equals_single_and_torch(real_head, size):
     import torch
 
-    from server.user_head import UserHead
+    from server.bundle.user_head import UserHead
     from training.sequence_head import right_aligned
 
     head, session, item_text = real_head
@@ -208,8 +208,8 @@ def test_a_lone_request_does_not_wait_for_company():
 
 def test_not_ready_is_unavailable(tmp_path):
     from server.config import ServerConfig
+    from server.core.model_slot import ServingState
     from server.errors import Unavailable
-    from server.serving import ServingState
 
     state = ServingState(ServerConfig(bundle=tmp_path), ThreadPoolExecutor(1))
     assert not state.ready

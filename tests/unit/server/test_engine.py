@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from server.bundle import load_bundle
-from server.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
+from server.bundle.loader import load_bundle
+from server.core.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
 from server.errors import InvalidArgument
 
 

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from server.bundle import load_bundle
-from server.engine import RecommenderEngine, RecommendQuery
+from server.bundle.loader import load_bundle
+from server.core.engine import RecommenderEngine, RecommendQuery
+from server.core.interests import group_history, merge_order, split_budget
 from server.errors import InvalidArgument
-from server.interests import group_history, merge_order, split_budget
 
 
 def test_groups_follow_the_nearest_centroid_and_recency():

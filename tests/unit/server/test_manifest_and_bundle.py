@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from server import manifest as fmt
-from server.bundle import load_bundle
+from server.bundle import manifest as fmt
+from server.bundle.loader import load_bundle
 from server.errors import BundleError
 
 
@@ -82,7 +82,7 @@ def test_shape_mismatch_with_valid_checksums_is_refused(bundle_copy):
 
 
 def test_io_binding_path_gives_the_same_embeddings(bundle_dir):
-    from server.text_encoder import TextEncoder
+    from server.bundle.text_encoder import TextEncoder
 
     bundle = load_bundle(bundle_dir, device="cpu")
     plain = bundle.encoder
@@ -93,7 +93,7 @@ def test_io_binding_path_gives_the_same_embeddings(bundle_dir):
 
 
 def test_item_table_reads_back_what_it_packed_and_takes_additions() -> None:
-    from server.bundle import Item, ItemTable, PackedStrings
+    from server.bundle.loader import Item, ItemTable, PackedStrings
 
     texts = ["Amélie (2001)", "", "東京物語", "plain"]
     packed = PackedStrings(texts)

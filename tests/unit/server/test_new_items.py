@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.new_items import borrowed_id_parts, new_item_vectors
+from server.bundle.new_items import borrowed_id_parts, new_item_vectors
 
 
 def _catalogue(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

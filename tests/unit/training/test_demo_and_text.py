@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from server.manifest import render_history
+from server.bundle.manifest import render_history
 from training.demo_data import generate_demo
 from training.text import render_item
 

@@ -33,7 +33,7 @@ def test_run_folder_holds_the_validated_model(trained_run):
 
 
 def test_new_items_are_served_as_validation_chose(trained_run, bundle_dir):
-    from server import manifest as fmt
+    from server.bundle import manifest as fmt
     from training import new_item_choice as choice
 
     run = json.loads((trained_run / "run.json").read_text())

@@ -144,11 +144,11 @@ class SequenceHeadSpec:
     # float32 [dimension, text_dimension]: item vector of a text-only item = W · text.
     projection: str = ""
     # An item added after training borrows the mean ID part of this many trained items
-    # nearest by text, times this weight (server/new_items.py); 0 = text alone, what
+    # nearest by text, times this weight (server/bundle/new_items.py); 0 = text alone, what
     # bundles written before these fields did.
     new_item_neighbours: int = 20
     new_item_id_weight: float = 0.0
-    # Per-interest answers (server/interests.py): how a history's interests are merged
+    # Per-interest answers (server/core/interests.py): how a history's interests are merged
     # into one list, and how many a request gets when it does not say (0 = the single
     # user vector). `irec eval` writes the variant that won on validation.
     interest_merge: str = "quota"

@@ -17,10 +17,16 @@ from typing import NamedTuple, TypeVar, overload
 import hnswlib
 import numpy as np
 
-from server import manifest as fmt
+from server.bundle import manifest as fmt
+from server.bundle.text_encoder import (
+    CPU,
+    TextEncoder,
+    create_session,
+    load_tokenizer,
+    open_session,
+)
+from server.bundle.user_head import UserHead
 from server.errors import BundleError
-from server.text_encoder import CPU, TextEncoder, create_session, load_tokenizer, open_session
-from server.user_head import UserHead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

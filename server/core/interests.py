@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.manifest import SequenceHeadSpec
+from server.bundle.manifest import SequenceHeadSpec
 
 MAX_INTERESTS = 5
 HALF_LIFE_ITEMS = 10.0  # an item 10 places from the end counts half as much

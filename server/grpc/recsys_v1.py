@@ -1,7 +1,7 @@
 """recsys.v1 over gRPC: protobuf ↔ domain objects, nothing else.
 
-Every request goes to server.dispatch (deadlines, admission, batching, workers, metrics,
-tracing); errors map to status codes through server.grpc_calls: a unary call aborts, a
+Every request goes to server.core.dispatch (deadlines, admission, batching, workers, metrics,
+tracing); errors map to status codes through server.grpc.calls: a unary call aborts, a
 stream answers that one message with `error` set and keeps going.
 """
 
@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from server.catalogue import NewItem
-from server.dispatch import Dispatcher, Embedded, Recommended
-from server.engine import RecommenderEngine, RecommendQuery, RetrievalMode, ScoredItem
+from server.core.catalogue import NewItem
+from server.core.dispatch import Dispatcher, Embedded, Recommended
+from server.core.engine import RecommenderEngine, RecommendQuery, RetrievalMode, ScoredItem
 from server.errors import grpc_status_for
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.grpc_calls import deadline_of, metadata_flag, streamed, unary
+from server.grpc.calls import deadline_of, metadata_flag, streamed, unary
 
 _MODES = {
     pb.RETRIEVAL_MODE_UNSPECIFIED: None,

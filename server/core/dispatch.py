@@ -1,6 +1,6 @@
 """The one way from every front end to the engine: recsys.v1 unary and streams, Embed, KServe.
 
-A front end (server.service, server.kserve) maps its wire format to domain objects
+A front end (server.grpc.recsys_v1, server.grpc.kserve_v2) maps its wire format to domain objects
 (RecommendQuery, texts) and back, and maps errors to status codes; everything a request
 meets in between is here, the same for every protocol:
 
@@ -10,7 +10,7 @@ meets in between is here, the same for every protocol:
   (the batchers' bounded queues); past ``max_streams`` open streams a new stream is
   refused; one stream keeps at most ``stream_in_flight`` messages in flight;
 - **batching**: requests of every front end share the served bundle's micro-batchers
-  (server.serving.Loaded, server.batcher), one for histories and one for texts;
+  (server.core.model_slot.Loaded, server.core.batcher), one for histories and one for texts;
 - **workers**: the thread pool of ``workers`` threads that runs the batches, never the
   event loop;
 - **metrics**: ``irec_requests_total{rpc, code}`` once per request (a stream message
@@ -34,12 +34,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from server.catalogue import NewItem
 from server.config import ServerConfig
-from server.engine import Recommendation, RecommendQuery
+from server.core.catalogue import NewItem
+from server.core.engine import Recommendation, RecommendQuery
+from server.core.model_slot import Loaded, ServingState
 from server.errors import DeadlineExceeded, InvalidArgument, Overloaded, status_name
 from server.metrics import Metrics
-from server.serving import Loaded, ServingState
 from server.tracing import StageTracer
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Unary and streaming calls share one error table (server.errors.grpc_status_for): a unary
 call aborts with the status; a stream that cannot start (too many streams) aborts
 likewise, and a stream message that fails gets its own error response from the
-servicer, the stream going on (server.dispatch.Dispatcher.stream).
+servicer, the stream going on (server.core.dispatch.Dispatcher.stream).
 """
 
 from __future__ import annotations

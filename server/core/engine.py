@@ -16,11 +16,11 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from server.bundle import Bundle
-from server.catalogue import Catalogue
+from server.bundle.loader import Bundle
+from server.bundle.manifest import render_history
 from server.config import ServerConfig
-from server.errors import InvalidArgument
-from server.interests import (
+from server.core.catalogue import Catalogue
+from server.core.interests import (
     MAX_INTERESTS,
     InterestGroup,
     MergePolicy,
@@ -28,7 +28,7 @@ from server.interests import (
     merge_order,
     split_budget,
 )
-from server.manifest import render_history
+from server.errors import InvalidArgument
 
 DEFAULT_K = 10
 DEFAULT_NUM_CLUSTERS = 3
@@ -62,7 +62,7 @@ class RecommendQuery:
     include_seen_items: bool = False
     mode: RetrievalMode | None = None
     num_clusters: int = 0
-    # Per-interest answers (server/interests.py): 0 = none, the single user vector only.
+    # Per-interest answers (server/core/interests.py): 0 = none, the single user vector only.
     num_interests: int = 0
 
 

@@ -9,9 +9,9 @@ Two models:
 
 Tensors are read from ``raw_input_contents`` (what tritonclient sends) or ``contents``,
 and answered in ``raw_output_contents``. This module only maps tensors ↔ domain objects:
-ModelInfer goes through server.dispatch like every recsys.v1 call (deadlines,
+ModelInfer goes through server.core.dispatch like every recsys.v1 call (deadlines,
 ``--max-queue``, batching, ``--workers``, metrics under rpc="ModelInfer", tracing), and
-errors use the one mapping table (server.grpc_calls).
+errors use the one mapping table (server.grpc.calls).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from server.dispatch import Dispatcher
-from server.engine import RecommendQuery
+from server.core.dispatch import Dispatcher
+from server.core.engine import RecommendQuery
 from server.errors import InvalidArgument, NotFound
 from server.generated.inference import grpc_service_pb2 as kpb
 from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
-from server.grpc_calls import deadline_of, unary
+from server.grpc.calls import deadline_of, unary
 
 ENCODER = "irec-encoder"
 RECOMMENDER = "irec-recommender"

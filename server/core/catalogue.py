@@ -2,7 +2,7 @@
 
 An added item is embedded by the served encoder (through the sequence head's text
 projection, plus an ID part borrowed from its text neighbours, when the bundle has one:
-server/new_items.py), assigned its nearest cluster and inserted into
+server/bundle/new_items.py), assigned its nearest cluster and inserted into
 the indexes; a removed item is marked deleted in every index and never returned again.
 hnswlib's `knn_query` is not safe against a concurrent `add_items`, so searches take a
 shared lock and updates an exclusive one. Updates are appended to a log that is
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.bundle import Bundle, Item
+from server.bundle.loader import Bundle, Item
 from server.errors import InvalidArgument, NotFound
 
 

@@ -1,6 +1,6 @@
 """Micro-batching: concurrent requests (unary calls and stream messages alike) share one ONNX run.
 
-Callers (server.dispatch) queue an item with ``batcher.enqueue(item)`` and await the
+Callers (server.core.dispatch) queue an item with ``batcher.enqueue(item)`` and await the
 future it returns. A single collector task takes the first waiting
 item, then gathers more until ``max_batch`` items or ``max_wait_ms`` have passed, sorts the
 batch by cost (input length) and splits it into runs of similar length, so little

@@ -1,8 +1,9 @@
 """Build and run the grpc.aio server: recsys.v1, KServe v2, health, reflection; graceful stop.
 
-The servicers (server.service, server.kserve) sit on one Dispatcher (server.dispatch),
-which owns the worker pool and the served bundle; the interceptors are tracing, the
-bearer token (server.security) and malformed requests (server.malformed_requests).
+The servicers (server.grpc.recsys_v1, server.grpc.kserve_v2) sit on one Dispatcher
+(server.core.dispatch), which owns the worker pool and the served bundle; the
+interceptors are tracing, the bearer token (server.grpc.security) and malformed requests
+(server.grpc.malformed_requests).
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.batcher import MicroBatcher
 from server.config import ServerConfig
-from server.dispatch import Dispatcher
-from server.engine import PreparedQuery, Recommendation, RecommenderEngine
+from server.core.batcher import MicroBatcher
+from server.core.dispatch import Dispatcher
+from server.core.engine import PreparedQuery, Recommendation, RecommenderEngine
+from server.core.model_slot import ServingState
 from server.generated.inference import grpc_service_pb2 as kpb
 from server.generated.inference import grpc_service_pb2_grpc as kpb_grpc
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.kserve import InferenceServicer
-from server.malformed_requests import MalformedRequestInterceptor
+from server.grpc.kserve_v2 import InferenceServicer
+from server.grpc.malformed_requests import MalformedRequestInterceptor
+from server.grpc.recsys_v1 import RecommenderAdminServicer, RecommenderServicer
+from server.grpc.security import BearerTokenInterceptor, server_credentials
 from server.metrics import Metrics
-from server.security import BearerTokenInterceptor, server_credentials
-from server.service import RecommenderAdminServicer, RecommenderServicer
-from server.serving import ServingState
 from server.tracing import Tracing, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def start_server(config: ServerConfig, span_exporter: Any = None) -> Runni
         interceptors.append(tracing.interceptor)
     if config.auth_token:
         interceptors.append(BearerTokenInterceptor(config.auth_token))
-    # Innermost: requests that do not parse get INVALID_ARGUMENT (server.malformed_requests).
+    # Innermost: requests that do not parse get INVALID_ARGUMENT (server.grpc.malformed_requests).
     interceptors.append(MalformedRequestInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from server.bundle.new_items import DEFAULT_NEIGHBOURS, new_item_vectors
 from server.errors import Unavailable
-from server.new_items import DEFAULT_NEIGHBOURS, new_item_vectors
 
 
 class UserHead:
@@ -36,7 +36,7 @@ class UserHead:
         """Item vectors of items known by text alone, given every item's vector so far.
 
         Text projection plus an ID part borrowed from the nearest trained items
-        (server/new_items.py), with the bundle's neighbour count and weight.
+        (server/bundle/new_items.py), with the bundle's neighbour count and weight.
         """
         if self.projection is None:
             raise Unavailable("this bundle has no text projection; re-export it to add items")

@@ -1,7 +1,7 @@
 """What is served right now, and how it is replaced without dropping a request.
 
 A :class:`Loaded` pairs an engine with its two batchers (histories, texts). Each request
-takes the current one once (server.dispatch) and uses it to the end, so a reload that
+takes the current one once (server.core.dispatch) and uses it to the end, so a reload that
 swaps in a new one lets in-flight requests finish on the old bundle; the old batchers
 drain and stop after the swap.
 """
@@ -19,10 +19,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from server.batcher import MicroBatcher
-from server.bundle import load_bundle
+from server.bundle.loader import load_bundle
+from server.bundle.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
 from server.config import ServerConfig
-from server.engine import (
+from server.core.batcher import MicroBatcher
+from server.core.engine import (
     Limits,
     PreparedQuery,
     Recommendation,
@@ -30,7 +31,6 @@ from server.engine import (
     RecommendQuery,
 )
 from server.errors import IrecError, Unavailable
-from server.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
