@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import results
 from irec.batch_inference import ScoreOptions, ScoreSummary, score
-from server.loadgen import item_ids_from_bundle
+from irec.loadgen import item_ids_from_bundle
 
 MIN_HISTORY = 5
 MAX_HISTORY = 100

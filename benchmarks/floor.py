@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks import results
+from irec.loadgen import LoadResult, LoadSpec, build_requests, item_ids_from_bundle, run_load
 from irec.server_process import spawn_server
 from server.bundle import manifest as fmt
 from server.config import ServerConfig
 from server.core.engine import RecommenderEngine, RecommendQuery
 from server.core.model_slot import load_engine
 from server.grpc.recsys_v1 import to_query
-from server.loadgen import LoadResult, LoadSpec, build_requests, item_ids_from_bundle, run_load
 
 # Goals of issue 12, per call on the same machine.
 OWN_CODE_GOAL_MS = 0.25

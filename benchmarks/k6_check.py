@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import results
+from irec.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
 from irec.server_process import spawn_server
-from server.loadgen import LoadSpec, build_requests, item_ids_from_bundle, run_load
 
 SCRIPT = Path(__file__).with_name("k6_recommend.js")
 

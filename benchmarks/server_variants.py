@@ -28,8 +28,8 @@ from typing import Any
 
 from benchmarks import results
 from benchmarks.floor import load_processes, split_cores
+from irec.loadgen import LoadSpec, item_ids_from_bundle, run_load
 from irec.server_process import spawn_server
-from server.loadgen import LoadSpec, item_ids_from_bundle, run_load
 
 LOADS = ("1 caller", "64 callers", "one stream")
 

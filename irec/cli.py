@@ -451,7 +451,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from server.client import RecommenderClient, format_response, make_request, read_stream_file
+    from irec.client import RecommenderClient, format_response, make_request, read_stream_file
 
     def show(response: Any, label: str) -> None:
         if args.json:
@@ -489,7 +489,7 @@ def _query(args: argparse.Namespace) -> int:
 def _list_clusters(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from server.client import RecommenderClient, format_clusters
+    from irec.client import RecommenderClient, format_clusters
 
     if args.top_items < 0:
         print(f"irec clusters: --top-items {args.top_items}: must be ≥ 0", file=sys.stderr)
@@ -513,7 +513,7 @@ def _clusters_of_bundle(path: Path, top_items: int) -> Any:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from server.loadgen import LoadSpec, LoadSpecError, format_table, item_ids_from_bundle, sweep
+    from irec.loadgen import LoadSpec, LoadSpecError, format_table, item_ids_from_bundle, sweep
 
     try:
         levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
@@ -613,10 +613,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """Errors that get a one-line message instead of a traceback."""
     import grpc
 
+    from irec.client import StreamFileError
+    from irec.loadgen import LoadSpecError
     from server.bundle.manifest import ManifestError
-    from server.client import StreamFileError
     from server.errors import IrecError
-    from server.loadgen import LoadSpecError
 
     errors: list[type[BaseException]] = [
         IrecError,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.bundle_writer import export_run
+from irec.client import RecommenderClient, format_response, make_request
 from irec.server_process import ServerStartError, spawn_server
 from server.bundle.manifest import read_manifest
-from server.client import RecommenderClient, format_response, make_request
 from training.demo_data import generate_demo
 from training.run import EncoderConfig, TrainConfig, train
 from training.sequence_head import HeadConfig

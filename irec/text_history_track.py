@@ -38,8 +38,8 @@ def text_history_track(
     """
     import grpc
 
+    from irec.client import RecommenderClient
     from irec.server_process import spawn_server
-    from server.client import RecommenderClient
     from server.generated.recsys.v1 import recommender_pb2 as pb
 
     cfg, s = config, split

@@ -1,4 +1,4 @@
-"""Service-to-service security: TLS / mutual TLS credentials and bearer-token auth.
+"""Service-to-service security, server side: TLS / mutual TLS credentials, bearer-token auth.
 
 The token check is a server interceptor, so it covers unary and streaming RPCs alike.
 The health service stays open (probes carry no credentials); everything else needs
@@ -25,17 +25,6 @@ def server_credentials(
         [(key.read_bytes(), cert.read_bytes())],
         root_certificates=client_ca.read_bytes() if client_ca else None,
         require_client_auth=client_ca is not None,
-    )
-
-
-def channel_credentials(
-    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
-) -> grpc.ChannelCredentials:
-    """Client side of TLS (and of mutual TLS when cert and key are given)."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes() if ca else None,
-        private_key=key.read_bytes() if key else None,
-        certificate_chain=cert.read_bytes() if cert else None,
     )
 
 

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from irec.batch_inference import ScoreOptions, ScoringError, read_scores, score
-from server.client import RecommenderClient, make_request
-from server.loadgen import item_ids_from_bundle
+from irec.client import RecommenderClient, make_request
+from irec.loadgen import item_ids_from_bundle
 from tests.optional import require_module
 
 ROOT = Path(__file__).resolve().parents[2]

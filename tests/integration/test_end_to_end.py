@@ -210,7 +210,7 @@ def test_health_and_reflection(live_server):
 def test_async_client_unary_and_ordered_stream(live_server):
     import asyncio
 
-    from server.client import AsyncRecommenderClient, make_request
+    from irec.client import AsyncRecommenderClient, make_request
 
     async def scenario():
         async with AsyncRecommenderClient(live_server.target, timeout_s=30) as client:

@@ -30,8 +30,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from irec.client import RecommenderClient, make_request
 from server.bundle import manifest as fmt
-from server.client import RecommenderClient, make_request
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import background_server

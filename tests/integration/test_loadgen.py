@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from irec.cli import main
-from server.loadgen import (
+from irec.loadgen import (
     RPCS,
     LoadSpec,
     LoadSpecError,

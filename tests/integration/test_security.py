@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.client import RecommenderClient, make_request
+from irec.client import RecommenderClient, make_request
 from tests.conftest import background_server
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

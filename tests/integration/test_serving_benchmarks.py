@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from benchmarks import encoder_latency, floor
+from irec.loadgen import LoadSpec, item_ids_from_bundle
 from server.config import ServerConfig
 from server.core.model_slot import load_engine
-from server.loadgen import LoadSpec, item_ids_from_bundle
 
 
 def test_encoder_latency_builds_exact_shapes_and_times_each(bundle_dir: Path) -> None:

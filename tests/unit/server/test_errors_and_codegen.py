@@ -42,7 +42,7 @@ def test_generated_code_is_in_sync_with_protos():
 
 def test_server_imports_no_torch_transformers_or_training():
     code = (
-        "import sys, server.grpc.app, irec.cli, server.client, server.bundle.loader;"
+        "import sys, server.grpc.app, irec.cli, irec.client, server.bundle.loader;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'transformers', 'training', 'export', 'optimum', 'sklearn', 'pandas'));"
         "print(bad); sys.exit(1 if bad else 0)"

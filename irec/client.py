@@ -1,4 +1,8 @@
-"""A small gRPC client for `irec query` and the demo: builds requests, prints answers."""
+"""A small gRPC client of the server (`irec query`, `irec clusters`, the demo, `irec eval`).
+
+Builds requests, opens channels (TLS, bearer token, retries, round-robin) and prints
+answers. Client code: it lives beside the commands, not in the server package.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import grpc
 
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.grpc.security import channel_credentials
 
 MODES = {
     "default": pb.RETRIEVAL_MODE_UNSPECIFIED,
@@ -108,6 +111,17 @@ CHANNEL_OPTIONS = [
     # Reconnect within a second of a replica coming back, inside the retry window above.
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+def channel_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """Client side of TLS (and of mutual TLS when cert and key are given)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
 
 
 def call_security(

@@ -1,4 +1,4 @@
-"""`irec bench`: a gRPC load generator that ships with the server.
+"""`irec bench`: a gRPC load generator that ships with the `irec` command.
 
 It drives Recommend / RecommendStream / Embed / EmbedStream at a fixed number
 of concurrent callers (closed loop: each caller sends its next request when the
@@ -30,8 +30,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from irec.client import call_security, open_channel
 from server.bundle.manifest import ITEMS_FILE
-from server.client import call_security, open_channel
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
