@@ -30,6 +30,7 @@ from server.bundle.manifest import render_history
 from server.bundle.new_items import DEFAULT_ID_WEIGHT, DEFAULT_NEIGHBOURS, new_item_vectors
 from server.bundle.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
 from server.core.engine import RecommenderEngine, RecommendQuery, RetrievalMode
+from server.vectors import unit_rows
 from training.run_folder import RunFolder, RunFolderError
 from training.torch_encoder import embed_texts, load_encoder
 
@@ -166,10 +167,7 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
     centroids = run.centroids()
     clusters = run.clusters()
     if len(records) > trained_items:  # new items join their nearest cluster's index
-        unit = item_embeddings[trained_items:] / np.linalg.norm(
-            item_embeddings[trained_items:], axis=1, keepdims=True
-        )
-        nearest = np.argmax(unit @ centroids.T, axis=1)
+        nearest = np.argmax(unit_rows(item_embeddings[trained_items:]) @ centroids.T, axis=1)
         for offset, c in enumerate(nearest):
             clusters[int(c)]["item_rows"] = [*clusters[int(c)]["item_rows"], trained_items + offset]
     write_items(stage, records)

@@ -18,6 +18,7 @@ import numpy as np
 
 from server.bundle.manifest import ParityReport
 from server.bundle.text_encoder import TextEncoder
+from server.vectors import unit_rows
 
 PARITY_MIN_COSINE = 0.90
 PARITY_MEAN_COSINE = 0.98
@@ -39,9 +40,7 @@ def measure_parity(
     got = np.concatenate(
         [encoder.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     )
-    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    out = got / np.clip(np.linalg.norm(got, axis=1, keepdims=True), 1e-12, None)
-    cosines = (ref * out).sum(axis=1)
+    cosines = (unit_rows(reference) * unit_rows(got)).sum(axis=1)
     return ParityReport(
         cosine_min=round(float(cosines.min()), 5),
         cosine_mean=round(float(cosines.mean()), 5),

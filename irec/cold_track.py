@@ -15,7 +15,7 @@ import torch
 
 from irec.protocol import EvalConfig, Split
 from training import baselines, new_item_choice
-from training.evaluate import summarise, target_ranks
+from training.evaluate import mean_ndcg, summarise, target_ranks
 from training.run import TrainedModel
 
 # Weights of the ID part a cold item borrows from its text neighbours (chosen on validation).
@@ -143,7 +143,7 @@ def cold_track(
             if not hs:
                 return 0.0
             ranks = target_ranks(uv @ vectors_.T, hs, ts)
-            return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
+            return mean_ndcg(ranks)
 
         def measure(neighbours: int, weight: float) -> tuple[float, float]:
             candidate = served_as_new(neighbours, weight)

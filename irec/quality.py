@@ -29,10 +29,19 @@ from sklearn.metrics import (
 from irec.cold_track import cold_track
 from irec.protocol import EvalConfig, make_split
 from irec.text_history_track import text_history_track
+from server.vectors import unit_rows
 from training import baselines
 from training.cluster import cluster_users, dominant_terms, item_terms
 from training.data import load_spec
-from training.evaluate import coverage, summarise, target_ranks, top_k
+from training.evaluate import (
+    coverage,
+    hits_at,
+    mean_ndcg,
+    ndcg_at,
+    summarise,
+    target_ranks,
+    top_k,
+)
 from training.multi_interest import hits_from_lists, interest_queries, merge_queries
 from training.run import (
     LocalBackend,
@@ -190,7 +199,7 @@ class QualityRun:
         for lam in baselines.EASE_LAMBDAS:
             weights = baselines.ease_weights(s.train, n, lam)
             ranks = target_ranks(baselines.ease_scores(weights, s.train), s.train, s.val_targets)
-            val_ndcg[lam] = float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
+            val_ndcg[lam] = mean_ndcg(ranks)
         best = max(val_ndcg, key=lambda lam: val_ndcg[lam])
         self.report["validation"]["EASE λ"] = {str(k): v for k, v in val_ndcg.items()}
         weights = baselines.ease_weights(s.test_histories, n, best)
@@ -254,7 +263,7 @@ class QualityRun:
             base = OURS if model.head is not None else FALLBACK
             name = base if seed == cfg.seed else f"{base}, seed {seed}"
             ranks = self.score_and_record(name, users @ items.T)
-            per_seed[str(seed)] = float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
+            per_seed[str(seed)] = mean_ndcg(ranks)
             self.report["validation"][f"seed {seed}"] = model.validation
             if first is None:
                 first, self.users, self.item_vectors = model, users, items
@@ -290,8 +299,8 @@ class QualityRun:
 
     def _clusters_and_modes(self) -> None:
         cfg, s = self.config, self.split
-        unit = self.users / np.linalg.norm(self.users, axis=1, keepdims=True)
-        item_unit = self.item_vectors / np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
+        unit = unit_rows(self.users)
+        item_unit = unit_rows(self.item_vectors)
         clustering = cluster_users(
             unit,
             item_unit,
@@ -332,7 +341,7 @@ class QualityRun:
             clustering, self.users, s.test_histories, s.test_targets, clustering.labels
         )
         val_users = self.model.user_vectors(s.train, self.texts)
-        val_unit = val_users / np.maximum(np.linalg.norm(val_users, axis=1, keepdims=True), 1e-12)
+        val_unit = unit_rows(val_users)
         val_labels = np.argmax(val_unit @ clustering.centroids.T, axis=1)
         val = self._compare_modes(clustering, val_users, s.train, s.val_targets, val_labels)
         winner = max(val, key=lambda m: val[m]["ndcg@10"])
@@ -390,11 +399,8 @@ class QualityRun:
                 lists["blend"].append(merge_queries([(user, total)] + interests, v, seen, budget))
             for name, per_user in lists.items():
                 ranks = hits_from_lists(per_user, targets)
-                hit = ranks < budget
-                modes.setdefault(name, {})[f"hr@{budget}"] = float(hit.mean())
-                modes[name][f"ndcg@{budget}"] = float(
-                    np.where(hit, 1 / np.log2(ranks + 2), 0).mean()
-                )
+                modes.setdefault(name, {})[f"hr@{budget}"] = float(hits_at(ranks, budget).mean())
+                modes[name][f"ndcg@{budget}"] = mean_ndcg(ranks, budget)
         return modes
 
     def _served(self, model: TrainedModel) -> Path:
@@ -500,9 +506,7 @@ class QualityRun:
 
         s = self.split
         ids = [item.item_id for item in engine.bundle.items]
-        unit = self.text_embeddings / np.maximum(
-            np.linalg.norm(self.text_embeddings, axis=1, keepdims=True), 1e-12
-        )
+        unit = unit_rows(self.text_embeddings)
         rows = self._sample_users(
             min(len(s.train), INTEREST_USERS), self.config.seed + 5, INTEREST_SAMPLE
         )
@@ -542,8 +546,8 @@ class QualityRun:
                 ranks10 = hits_from_lists(top10, kept)
                 ranks50 = hits_from_lists(answer(50), kept)
                 results[name][split] = {
-                    "ndcg@10": float(np.where(ranks10 < 10, 1 / np.log2(ranks10 + 2), 0).mean()),
-                    "hr@50": float((ranks50 < 50).mean()),
+                    "ndcg@10": mean_ndcg(ranks10),
+                    "hr@50": float(hits_at(ranks50, 50).mean()),
                     "categories@10": float(
                         np.mean([len({t for r in top for t in self.terms[r]}) for top in top10])
                     ),
@@ -605,14 +609,14 @@ def served_vs_inprocess(served: np.ndarray, inprocess: np.ndarray, depth: int) -
     """
     a = np.minimum(served, depth)
     b = np.minimum(inprocess, depth)
-    ndcg_a = np.where(a < 10, 1 / np.log2(a + 2), 0.0)
-    ndcg_b = np.where(b < 10, 1 / np.log2(b + 2), 0.0)
+    ndcg_a = ndcg_at(a, 10)
+    ndcg_b = ndcg_at(b, 10)
     return {
         "users": int(len(a)),
         "ndcg@10": float(ndcg_b.mean()),
         "served_ndcg@10": float(ndcg_a.mean()),
         "ndcg@10_abs_diff": float(abs(ndcg_a.mean() - ndcg_b.mean())),
-        "hr@10_abs_diff": float(abs((a < 10).mean() - (b < 10).mean())),
+        "hr@10_abs_diff": float(abs(hits_at(a, 10).mean() - hits_at(b, 10).mean())),
         "users_rank_differs": int((a != b).sum()),
         "max_rank_shift": int(np.abs(a - b).max()) if len(a) else 0,
     }

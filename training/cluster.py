@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from server.vectors import unit_rows
 from training.cluster_choice import ClusteringScore, choose, compare_clusterings, fit_labels
 
 # Range searched when K is chosen automatically, and the users sampled to score it.
@@ -55,10 +56,6 @@ class Clustering:
     def sizes(self) -> list[int]:
         """Users per cluster."""
         return np.bincount(self.labels, minlength=len(self.centroids)).tolist()
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
 def choose_k(
@@ -274,7 +271,7 @@ def describe_clustering(
 ) -> Clustering:
     """Unit centroids, each cluster's item set and description, from a fitted clustering."""
     k = len(centers)
-    centroids = _normalise(centers.astype(np.float32))
+    centroids = unit_rows(centers.astype(np.float32))
     nearest = np.argmax(item_embeddings @ centroids.T, axis=1)
     item_rows = []
     for c in range(k):

@@ -35,13 +35,28 @@ def top_k(scores: np.ndarray, histories: Sequence[Sequence[int]], k: int) -> np.
     return np.take_along_axis(part, order, axis=1)
 
 
+def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user HR@k (1.0 or 0.0) from 0-based ranks of each user's one target."""
+    return (np.asarray(ranks) < k).astype(np.float64)
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user NDCG@k from 0-based ranks of each user's one target: 1/log2(rank + 2) if < k."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
+
+
+def mean_ndcg(ranks: np.ndarray, k: int = 10) -> float:
+    """NDCG@k over users (the validation measure that chooses models and settings)."""
+    return float(ndcg_at(ranks, k).mean())
+
+
 def per_user(ranks: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict[str, np.ndarray]:
     """Per-user HR@k, NDCG@k and reciprocal rank from 0-based ranks (rank ≥ big = miss)."""
     out: dict[str, np.ndarray] = {}
     for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2), 0.0)
+        out[f"hr@{k}"] = hits_at(ranks, k)
+        out[f"ndcg@{k}"] = ndcg_at(ranks, k)
     out["mrr"] = 1.0 / (ranks + 1.0)
     return out
 

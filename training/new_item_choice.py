@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from server.bundle.new_items import new_item_vectors
-from training.evaluate import target_ranks
+from training.evaluate import mean_ndcg, target_ranks
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 NEIGHBOURS = (5, 20)
@@ -84,7 +84,7 @@ def ndcg10(scores: np.ndarray, histories: Sequence[Sequence[int]], targets: Sequ
     if not len(targets):
         return 0.0
     ranks = target_ranks(scores, histories, targets)
-    return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0).mean())
+    return mean_ndcg(ranks)
 
 
 def choose_for_run(

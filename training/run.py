@@ -28,10 +28,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from server.bundle.manifest import render_history
+from server.vectors import unit_rows
 from training import baselines
 from training.cluster import Clustering, cluster_users, item_terms
 from training.data import DataError, load_spec
-from training.evaluate import popularity_scores, target_ranks
+from training.evaluate import mean_ndcg, popularity_scores, target_ranks
 from training.finetune import FinetuneConfig, finetune
 from training.item_tower import EncoderTuning, ItemTextTower
 from training.new_item_choice import choose_for_run as choose_new_items
@@ -269,10 +270,6 @@ class TrainedModel:
         )
 
 
-def _ndcg10(ranks: np.ndarray) -> float:
-    return float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
-
-
 def load_model(config: TrainConfig, texts: list[str], out: Path) -> tuple[Any, Any, str]:
     """The starting encoder: --model, the packaged MiniLM, or (quick) a tiny BERT."""
     if config.quick and config.model is None:
@@ -314,8 +311,8 @@ def fit(
     pretrained = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
     validation: dict[str, float] = {}
     popularity = popularity_scores(train_sequences, len(items), len(val_targets))
-    validation["popularity"] = _ndcg10(target_ranks(popularity, val_histories, val_targets))
-    validation["pretrained encoder"] = _ndcg10(
+    validation["popularity"] = mean_ndcg(target_ranks(popularity, val_histories, val_targets))
+    validation["pretrained encoder"] = mean_ndcg(
         target_ranks(
             baselines.frozen_text_scores(pretrained, val_histories), val_histories, val_targets
         )
@@ -329,7 +326,7 @@ def fit(
             encoder, tokenizer, texts, train_sequences, replace(enc.contrastive, seed=config.seed)
         )
         tuned = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
-        validation["contrastive encoder"] = _ndcg10(
+        validation["contrastive encoder"] = mean_ndcg(
             target_ranks(
                 baselines.frozen_text_scores(tuned, val_histories), val_histories, val_targets
             )
@@ -358,7 +355,7 @@ def fit(
 
     def validate(model: SequenceHead) -> float:
         users, item_vectors = score_users(model, val_histories)
-        return _ndcg10(target_ranks(users @ item_vectors.T, val_histories, val_targets))
+        return mean_ndcg(target_ranks(users @ item_vectors.T, val_histories, val_targets))
 
     writer = _tensorboard(log_dir)
 
@@ -576,11 +573,6 @@ def _new_item_setting(
         flush=True,
     )
     return chosen
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def run_info(

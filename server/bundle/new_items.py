@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from server.vectors import unit_rows
+
 DEFAULT_NEIGHBOURS = 20
 DEFAULT_ID_WEIGHT = 1.0
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def borrowed_id_parts(
@@ -36,7 +34,7 @@ def borrowed_id_parts(
     if not len(new_text_vectors) or not len(trained_text_vectors):
         return np.zeros_like(new_text_vectors)
     k = min(neighbours, len(trained_text_vectors))
-    similarity = _unit(new_text_vectors) @ _unit(trained_text_vectors).T
+    similarity = unit_rows(new_text_vectors) @ unit_rows(trained_text_vectors).T
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     return np.asarray(trained_id_parts[nearest].mean(axis=1), dtype=np.float32)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from server.bundle.loader import Bundle, Item
 from server.errors import InvalidArgument, NotFound
+from server.vectors import unit_rows
 
 
 class ReadWriteLock:
@@ -138,8 +139,7 @@ class Catalogue:
             if bundle.head is None
             else bundle.head.new_item_vectors(text, bundle.item_embeddings)
         )
-        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        nearest = np.argmax(unit @ bundle.centroids.T, axis=1)
+        nearest = np.argmax(unit_rows(vectors) @ bundle.centroids.T, axis=1)
         stored = bundle.manifest.hnsw.index_vectors(vectors.astype(np.float32))
         with self.lock.write():
             start = len(bundle.items)

@@ -29,6 +29,7 @@ from server.core.interests import (
     split_budget,
 )
 from server.errors import InvalidArgument
+from server.vectors import unit_rows
 
 DEFAULT_K = 10
 DEFAULT_NUM_CLUSTERS = 3
@@ -170,8 +171,7 @@ class RecommenderEngine:
     @cached_property
     def item_unit(self) -> np.ndarray:
         """Unit item vectors of the bundle's items (built on the first interests query)."""
-        vectors = self.bundle.item_embeddings
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return unit_rows(self.bundle.item_embeddings)
 
     @property
     def num_items(self) -> int:
