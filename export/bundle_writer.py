@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +34,8 @@ from server.core.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.vectors import unit_rows
 from training.run_folder import RunFolder, RunFolderError
 from training.torch_encoder import embed_texts, load_encoder
+
+log = logging.getLogger(__name__)
 
 # Texts for the parity gate: items, rendered histories and very short inputs
 # (the worst case for int8).
@@ -98,7 +101,7 @@ def _swap_in(stage: Path, out: Path) -> None:
 
 def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> fmt.Manifest:
     ft = info["finetune"]
-    print("[export] loading the fine-tuned encoder", flush=True)
+    log.info("loading the fine-tuned encoder")
     encoder, tokenizer = load_encoder(run.model_dir)
     tokenizer_json = run.model_dir / fmt.TOKENIZER_FILE
     if not tokenizer_json.is_file():
@@ -111,7 +114,7 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
         if n in tokenizer.model_input_names
     ]
 
-    print("[export] ONNX fp32 → int8 (per-channel) and fp16", flush=True)
+    log.info("ONNX fp32 → int8 (per-channel) and fp16")
     fp32 = stage / "encoder.fp32.onnx"
     export_fp32(encoder, input_names, fp32)
     quantize_int8(fp32, stage / fmt.ENCODER_INT8_FILE)
@@ -150,10 +153,12 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
             options.parity_min,
             options.parity_mean,
         )
-        print(
-            f"[export] parity {name}: cosine mean {report.cosine_mean:.4f}, "
-            f"min {report.cosine_min:.4f} over {report.num_texts} texts",
-            flush=True,
+        log.info(
+            "parity %s: cosine mean %.4f, min %.4f over %d texts",
+            name,
+            report.cosine_mean,
+            report.cosine_min,
+            report.num_texts,
         )
         check_parity(name, report)
         parity[name] = report
@@ -175,7 +180,7 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
     np.save(stage / fmt.CENTROIDS_FILE, centroids)
     write_clusters(stage, clusters)
 
-    print("[export] HNSW indexes: all items and one per cluster", flush=True)
+    log.info("HNSW indexes: all items and one per cluster")
     all_rows = list(range(len(records)))
     hnsw = options.hnsw
     norms = np.linalg.norm(item_embeddings, axis=1)
@@ -225,10 +230,12 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
         },
     )
     (stage / fmt.MANIFEST_FILE).write_text(manifest.to_json())
-    print(
-        f"[export] bundle {version}: {len(records)} items, {len(clusters)} clusters, "
-        f"HNSW recall@10 {recall:.3f}",
-        flush=True,
+    log.info(
+        "bundle %s: %d items, %d clusters, HNSW recall@10 %.3f",
+        version,
+        len(records),
+        len(clusters),
+        recall,
     )
     return manifest
 
@@ -326,7 +333,7 @@ def _add_new_items(
     text = embed_texts(encoder, tokenizer, texts, item_length, progress=False)
     if not run.has_head:
         vectors, head_text = text, None
-        print(f"[export] {len(added)} new items enter by their text alone", flush=True)
+        log.info("%d new items enter by their text alone", len(added))
     else:
         head = run.load_head()
         neighbours, weight = new_item_setting(info)
@@ -339,10 +346,12 @@ def _add_new_items(
             weight,
         )
         head_text = text
-        print(
-            f"[export] {len(added)} new items enter by their text and an ID part borrowed "
-            f"from their {neighbours} nearest trained items × {weight:g}",
-            flush=True,
+        log.info(
+            "%d new items enter by their text and an ID part borrowed from their %d nearest "
+            "trained items × %g",
+            len(added),
+            neighbours,
+            weight,
         )
     return added, np.vstack([item_embeddings, vectors.astype(np.float32)]), head_text
 
@@ -355,7 +364,7 @@ def _export_head(
     interests: tuple[str, float, int] | None = None,
 ) -> fmt.SequenceHeadSpec:
     """Export the sequence head and its text inputs; refuse it if ONNX drifts from torch."""
-    print("[export] sequence head → ONNX", flush=True)
+    log.info("sequence head → ONNX")
     neighbours, weight = new_item_setting(run.info())
     head = run.load_head()
     export_head(head, stage / fmt.USER_HEAD_FILE)
@@ -365,7 +374,7 @@ def _export_head(
         for n in rng.integers(1, head.config.max_length + 20, size=32)
     ]
     parity = head_parity(head, stage / fmt.USER_HEAD_FILE, histories)
-    print(f"[export] head parity: min cosine {parity:.6f}", flush=True)
+    log.info("head parity: min cosine %.6f", parity)
     if parity < HEAD_PARITY_MIN_COSINE:
         raise ExportError(f"sequence head ONNX parity {parity:.5f} < {HEAD_PARITY_MIN_COSINE}")
     text = head.item_text[1:].numpy().astype(np.float32)

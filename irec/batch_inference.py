@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -331,8 +332,8 @@ def score_table(
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    """A tqdm bar over rows, or None (then a log line per part)."""
-    if not enabled:
+    """A tqdm bar over rows when stderr is a terminal, or None (then a log line per part)."""
+    if not enabled or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm

@@ -636,9 +636,18 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+# Commands whose progress is logged (training, export, the demo): our packages at INFO.
+LOGGED_COMMANDS = ("train", "eval", "export", "demo")
+PACKAGES = ("irec", "training", "export", "server")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one command; known errors print one line and exit non-zero."""
     args = build_parser().parse_args(argv)
+    if args.command in LOGGED_COMMANDS:
+        from server.logs import configure
+
+        configure(packages=PACKAGES)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ ranked over the whole catalogue, beside random, popularity and the frozen encode
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -17,6 +18,8 @@ from irec.protocol import EvalConfig, Split
 from training import baselines, new_item_choice
 from training.evaluate import mean_ndcg, summarise, target_ranks
 from training.run import TrainedModel
+
+log = logging.getLogger(__name__)
 
 # Weights of the ID part a cold item borrows from its text neighbours (chosen on validation).
 # A mean of many neighbours' ID parts is shorter than one item's, so weights above 1 are
@@ -190,11 +193,12 @@ def cold_track(
         "encoder_finetuned": model.encoder_finetuned,
         "epochs": model.training["head"]["epoch"][-1] if model.training.get("head") else 0,
     }
-    print(
-        f"[eval] cold track ({len(users)} users): ours NDCG@10 {ours:.4f}, random "
-        f"{rows['random']['ndcg@10']['mean']:.4f}, frozen last item "
-        f"{rows['pretrained encoder, cosine to the last item']['ndcg@10']['mean']:.4f}",
-        flush=True,
+    log.info(
+        "cold track (%d users): ours NDCG@10 %.4f, random %.4f, frozen last item %.4f",
+        len(users),
+        ours,
+        rows["random"]["ndcg@10"]["mean"],
+        rows["pretrained encoder, cosine to the last item"]["ndcg@10"]["mean"],
     )
     return result
 

@@ -7,6 +7,7 @@ demo users → SIGTERM, drained stop.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import time
@@ -21,6 +22,8 @@ from server.bundle.manifest import read_manifest
 from training.demo_data import generate_demo
 from training.run import EncoderConfig, TrainConfig, train
 from training.sequence_head import HeadConfig
+
+log = logging.getLogger(__name__)
 
 SERVER_START_TIMEOUT_S = 120.0
 
@@ -62,10 +65,10 @@ def _pick_users(count: int) -> list[tuple[str, list[str], list[str]]]:
 
 
 def _start_server(bundle: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    log = (workdir / "server.log").open("wb")
+    server_log = (workdir / "server.log").open("wb")
     try:
         return spawn_server(
-            ["--bundle", str(bundle)], workdir / "server.port", log, SERVER_START_TIMEOUT_S
+            ["--bundle", str(bundle)], workdir / "server.port", server_log, SERVER_START_TIMEOUT_S
         )
     except ServerStartError as exc:
         raise RuntimeError(f"{exc}; see {workdir / 'server.log'}") from exc
@@ -99,7 +102,7 @@ def run_demo(config: DemoConfig) -> int:
     _banner("3/4 serve: irec serve on a free loopback port")
     process, port = _start_server(bundle, workdir)
     target = f"127.0.0.1:{port}"
-    print(f"server pid {process.pid} listening on {target}", flush=True)
+    log.info("server pid %d listening on %s", process.pid, target)
     try:
         with RecommenderClient(target) as client:
             client.wait_ready(30)
@@ -147,6 +150,6 @@ def run_demo(config: DemoConfig) -> int:
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
-        print(f"\nserver stopped (exit {code}); log in {workdir / 'server.log'}")
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+        log.info("server stopped (exit %d); log in %s", code, workdir / "server.log")
+    log.info("demo finished in %.0f s", time.perf_counter() - started)
     return 0 if code == 0 else 1

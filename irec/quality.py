@@ -10,6 +10,7 @@ engine (ONNX head, HNSW), beside the torch model with exact search.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import statistics
 import time
@@ -49,10 +50,13 @@ from training.run import (
     TrainedModel,
     fit,
     load_model,
+    progress_bars,
     run_info,
 )
 from training.text import render_items, render_titles
 from training.torch_encoder import embed_texts
+
+log = logging.getLogger(__name__)
 
 ITEM_TEXT_MAX_LENGTH = 48
 QUICK_USERS = 300
@@ -77,7 +81,7 @@ class QualityRun:
 
     def __init__(self, config: EvalConfig) -> None:
         self.config = config
-        self.timer = StageTimer()
+        self.timer = StageTimer(log)
         self.report: dict[str, Any] = {
             "config": json.loads(json.dumps(asdict(config), default=str)) | {"seed": config.seed},
             "models": {},
@@ -94,10 +98,11 @@ class QualityRun:
             metrics["coverage@10"] = coverage(top10, self.num_items)
         metrics.update(extra)
         self.report["models"][name] = metrics
-        print(
-            f"[eval] {name}: HR@10 {metrics['hr@10']['mean']:.4f}  "
-            f"NDCG@10 {metrics['ndcg@10']['mean']:.4f}",
-            flush=True,
+        log.info(
+            "%s: HR@10 %.4f  NDCG@10 %.4f",
+            name,
+            metrics["hr@10"]["mean"],
+            metrics["ndcg@10"]["mean"],
         )
 
     def score_and_record(self, name: str, scores: np.ndarray, **extra: Any) -> np.ndarray:
@@ -173,7 +178,7 @@ class QualityRun:
             "items": self.num_items,
             "interactions": int(sum(map(len, sequences))),
         }
-        print(f"[eval] {len(sequences)} users, {self.num_items} items", flush=True)
+        log.info("%d users, %d items", len(sequences), self.num_items)
 
     def _embed_items(self) -> None:
         """The pretrained encoder's item texts: the text baselines start from them."""
@@ -185,7 +190,7 @@ class QualityRun:
             self.texts,
             ITEM_TEXT_MAX_LENGTH,
             desc="item texts",
-            progress=cfg.train.progress,
+            progress=progress_bars(cfg.train.progress),
         )
 
     def _baselines(self) -> None:
@@ -289,10 +294,12 @@ class QualityRun:
             "updates_kept": first.training.get("encoder_updates_kept"),
             "updates_total": first.training.get("encoder_updates_total"),
         }
-        print(
-            f"[eval] warm track: NDCG@10 {statistics.fmean(values):.4f} over seeds "
-            f"{list(cfg.seeds)}; shipped {first.shipped} ({first.reason})",
-            flush=True,
+        log.info(
+            "warm track: NDCG@10 %.4f over seeds %s; shipped %s (%s)",
+            statistics.fmean(values),
+            list(cfg.seeds),
+            first.shipped,
+            first.reason,
         )
         self.model = first
         return first
@@ -346,10 +353,12 @@ class QualityRun:
         val = self._compare_modes(clustering, val_users, s.train, s.val_targets, val_labels)
         winner = max(val, key=lambda m: val[m]["ndcg@10"])
         for name, m in test.items():
-            print(
-                f"[eval] mode {name}: test NDCG@10 {m['ndcg@10']:.4f}  HR@50 {m['hr@50']:.4f} "
-                f"(validation NDCG@10 {val[name]['ndcg@10']:.4f})",
-                flush=True,
+            log.info(
+                "mode %s: test NDCG@10 %.4f  HR@50 %.4f (validation NDCG@10 %.4f)",
+                name,
+                m["ndcg@10"],
+                m["hr@50"],
+                val[name]["ndcg@10"],
             )
         self.report["modes"] = {
             "metrics": test,
@@ -471,10 +480,10 @@ class QualityRun:
             else None,
             "hnsw_recall@10": manifest.training.get("hnsw_recall_at_10"),
         }
-        print(
-            f"[eval] served bundle: NDCG@10 {served['ndcg@10']['mean']:.4f} "
-            f"(relative loss {loss:+.2%} vs torch exact)",
-            flush=True,
+        log.info(
+            "served bundle: NDCG@10 %.4f (relative loss %+.2f%% vs torch exact)",
+            served["ndcg@10"]["mean"],
+            loss * 100,
         )
         if bundle.head is not None:
             self._served_interests(engine)
@@ -592,10 +601,13 @@ class QualityRun:
         }
         for name, m in results.items():
             t = m["test"]
-            print(
-                f"[eval] {name}: NDCG@10 {t['ndcg@10']:.4f}  HR@50 {t['hr@50']:.4f}  "
-                f"categories@10 {t['categories@10']:.2f}  ILD@10 {t['ild@10']:.3f}",
-                flush=True,
+            log.info(
+                "%s: NDCG@10 %.4f  HR@50 %.4f  categories@10 %.2f  ILD@10 %.3f",
+                name,
+                t["ndcg@10"],
+                t["hr@50"],
+                t["categories@10"],
+                t["ild@10"],
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (backend first)
+
+log = logging.getLogger(__name__)
 
 # Published numbers on the same file and protocol (REFERENCE.md §3).
 ANCHORS = {
@@ -392,13 +395,16 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         plot_clusters(report, out / "clusters.png")
     if "head_training" in report:
         plot_training(report, out / "training.png")
-    print(f"[eval] report written to {out / 'report.md'}", flush=True)
+    log.info("report written to %s", out / "report.md")
 
 
 def main() -> None:
     """Re-render report.md and the plots of a report folder from its report.json."""
     import sys
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     out = Path(sys.argv[1])
     write_report(json.loads((out / "report.json").read_text()), out)
 

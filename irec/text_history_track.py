@@ -6,6 +6,7 @@ The served path for free texts: each test user's last titles (no item IDs) go to
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 from irec.protocol import EvalConfig, Split
 from training.evaluate import summarise
 from training.multi_interest import hits_from_lists
+
+log = logging.getLogger(__name__)
 
 # The server takes at most 64 texts per request (server.core.engine.Limits.max_texts): a
 # written history is its most recent titles.
@@ -46,9 +49,9 @@ def text_history_track(
     users = list(range(len(s.test_histories)))
     if cfg.text_history_users is not None and cfg.text_history_users < len(users):
         users = sorted(random.Random(cfg.seed).sample(users, cfg.text_history_users))
-    log = (cfg.out / "text-history-server.log").open("w")
+    server_log = (cfg.out / "text-history-server.log").open("w")
     process, port = spawn_server(
-        ["--bundle", str(bundle), "--device", "cpu"], cfg.out / "text-history.port", log
+        ["--bundle", str(bundle), "--device", "cpu"], cfg.out / "text-history.port", server_log
     )
     lists: list[list[int]] = []
     started = time.perf_counter()
@@ -78,7 +81,7 @@ def text_history_track(
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
+        server_log.close()
     seconds = time.perf_counter() - started
     targets = [s.test_targets[u] for u in users]
     ranks = hits_from_lists(lists, targets)
@@ -92,9 +95,10 @@ def text_history_track(
         "path": "titles → int8 ONNX encoder → ONNX head → HNSW, over gRPC (RecommendStream)",
         "seconds": seconds,
     }
-    print(
-        f"[eval] text-history track ({len(users)} users, last {TEXT_HISTORY_ITEMS} titles, "
-        f"live server): NDCG@10 {metrics['ndcg@10']['mean']:.4f}",
-        flush=True,
+    log.info(
+        "text-history track (%d users, last %d titles, live server): NDCG@10 %.4f",
+        len(users),
+        TEXT_HISTORY_ITEMS,
+        metrics["ndcg@10"]["mean"],
     )
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,8 +25,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger once, in main()."""
+def configure(level: str = "INFO", fmt: str = "text", packages: Sequence[str] = ()) -> None:
+    """Configure the root logger once, in main().
+
+    With `packages`, only their loggers log at `level`; everything else (the libraries
+    underneath) at WARNING and above.
+    """
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -33,4 +38,6 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(logging.WARNING if packages else level.upper())
+    for package in packages:
+        logging.getLogger(package).setLevel(level.upper())

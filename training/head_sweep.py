@@ -10,6 +10,7 @@ the training stack). Each variant gets the same time budget and seed.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from training.data import load_spec
 from training.evaluate import summarise, target_ranks
 from training.sequence_head import HeadConfig, SequenceHead, score_users, train_head
 from training.text import render_items
+
+log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "text+id": {},
@@ -45,6 +48,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     dataset = load_spec(args.data)
     items = dataset.items.reset_index(drop=True)
@@ -94,9 +100,7 @@ def main() -> None:
                 test,
             )
         )
-        print(
-            f"[sweep] {name}: val {rows[-1][1]:.4f} test {test['ndcg@10']['mean']:.4f}", flush=True
-        )
+        log.info("%s: val %.4f test %.4f", name, rows[-1][1], test["ndcg@10"]["mean"])
     print(
         "\n| variant | best val NDCG@10 | best epoch | epochs run | minutes | test HR@10 |", end=""
     )

@@ -14,7 +14,9 @@ papers' split and the same :class:`TrainConfig`.
 from __future__ import annotations
 
 import copy
+import logging
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +49,8 @@ from training.torch_encoder import (
     pick_device,
     resolve_model_dir,
 )
+
+log = logging.getLogger(__name__)
 
 ENCODER_TREATMENTS = ("frozen", "finetune", "contrastive")
 QUICK_USERS = 300
@@ -95,7 +99,7 @@ class TrainConfig:
     validation_users: int = 1000
     users: int | None = None  # train on a seeded sample of this many users
     quick: bool = False  # a tiny BERT built on the fly and a small head: minutes
-    progress: bool = True
+    progress: bool = True  # progress bars, drawn only when stderr is a terminal
     # "local": one process; "ray": Ray Data embedding, Ray Train contrastive stage,
     # mini-batch K-Means (training.ray_backend).
     backend: str = "local"
@@ -143,20 +147,25 @@ class TrainConfig:
 
 
 class StageTimer:
-    """Wall time per named stage, printed as it goes."""
+    """Wall time per named stage, logged as it goes (to `logger`: the caller's module)."""
 
-    def __init__(self, prefix: str = "train") -> None:
+    def __init__(self, logger: logging.Logger = log) -> None:
         self.seconds: dict[str, float] = {}
-        self.prefix = prefix
+        self.log = logger
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time one stage."""
-        print(f"[{self.prefix}] {name} …", flush=True)
+        self.log.info("%s …", name)
         started = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - started, 2)
-        print(f"[{self.prefix}] {name} done in {self.seconds[name]:.1f} s", flush=True)
+        self.log.info("%s done in %.1f s", name, self.seconds[name])
+
+
+def progress_bars(wanted: bool) -> bool:
+    """Whether to draw progress bars: when wanted and stderr is a terminal (not in CI logs)."""
+    return wanted and sys.stderr.isatty()
 
 
 class TrainingBackend(Protocol):
@@ -202,7 +211,7 @@ class LocalBackend:
 
     def __init__(self, progress: bool) -> None:
         self.device = pick_device()
-        self.progress = progress
+        self.progress = progress_bars(progress)
 
     def embed(
         self,
@@ -336,10 +345,9 @@ def fit(
         if contrastive_kept:
             text_embeddings = tuned
         else:
-            print(
-                "[train] the contrastive stage did not beat the pretrained encoder on "
-                "validation: keeping the pretrained weights",
-                flush=True,
+            log.info(
+                "the contrastive stage did not beat the pretrained encoder on validation: "
+                "keeping the pretrained weights"
             )
             encoder.load_state_dict(start)
     head = SequenceHead(torch.from_numpy(text_embeddings), config.head_config())
@@ -359,7 +367,7 @@ def fit(
 
     writer = _tensorboard(log_dir)
 
-    def log(name: str, value: float, step: int) -> None:
+    def log_scalar(name: str, value: float, step: int) -> None:
         if writer is not None:
             writer.add_scalar(name, value, step)
 
@@ -368,12 +376,12 @@ def fit(
         train_sequences,
         validate=validate,
         excluded_items=excluded_items or (),
-        progress=config.progress,
+        progress=progress_bars(config.progress),
         time_budget_s=config.minutes * 60,
         encoder_tuning=tuning,
         warmup_epochs=enc.warmup_epochs,
         encoder_epochs=enc.epochs,
-        log=log,
+        log=log_scalar,
         short_text=short_text,
     )
     if writer is not None:
@@ -414,7 +422,7 @@ def fit(
         f"the sequence model (validation NDCG@10 {validation['sequence model']:.4f}) did not "
         f"beat {best_baseline} ({validation[best_baseline]:.4f}): shipping the pretrained encoder"
     )
-    print(f"[train] {reason}", flush=True)
+    log.info("%s", reason)
     fresh, tokenizer, model_name = load_model(config, texts, workdir)
     return TrainedModel(
         fresh,
@@ -438,7 +446,7 @@ def _tensorboard(log_dir: Path | None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        print("[train] tensorboard is not installed: curves go to run.json only", flush=True)
+        log.warning("tensorboard is not installed: curves go to run.json only")
         return None
     return SummaryWriter(log_dir=str(log_dir))
 
@@ -451,7 +459,7 @@ def train(config: TrainConfig) -> Path:
 
         storage = config.out.with_name(config.out.name + ".ray")
         with RayBackend(
-            config.ray_address, config.ray_workers, storage, config.progress
+            config.ray_address, config.ray_workers, storage, progress_bars(config.progress)
         ) as ray_backend:
             return _train(config, ray_backend)
     return _train(config, LocalBackend(config.progress))
@@ -470,10 +478,12 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
         if config.users is not None and config.users < len(users):
             keep = sorted(random.Random(config.seed).sample(range(len(users)), config.users))
             users, sequences = [users[u] for u in keep], [sequences[u] for u in keep]
-        print(
-            f"[train] {dataset.name}: {len(users)} users, {len(items)} items, "
-            f"{sum(map(len, sequences))} interactions",
-            flush=True,
+        log.info(
+            "%s: %d users, %d items, %d interactions",
+            dataset.name,
+            len(users),
+            len(items),
+            sum(map(len, sequences)),
         )
     # Validation: the last item of a seeded sample of users is held out of training.
     rng = random.Random(config.seed)
@@ -516,10 +526,7 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             config.seed,
             render_titles(items),
         )
-        print(
-            f"[train] {len(clustering.centroids)} clusters, silhouette {clustering.silhouette:.3f}",
-            flush=True,
-        )
+        log.info("%d clusters, silhouette %.3f", len(clustering.centroids), clustering.silhouette)
     with timer.stage("write run"):
         out = write_run(
             config.out,
@@ -538,7 +545,7 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             head=model.head,
             tensorboard=workdir / TENSORBOARD_DIR,
         )
-    _print_validation(model)
+    _log_validation(model)
     return out
 
 
@@ -566,11 +573,13 @@ def _new_item_setting(
     )
     tried = {(t["neighbours"], t["weight"]): t for t in chosen["tried"]}
     pick = tried[(chosen["neighbours"], chosen["weight"])]
-    print(
-        f"[train] new items: text + the ID parts of the {chosen['neighbours']} nearest trained "
-        f"items × {chosen['weight']:g} (validation NDCG@10 for stand-in new items "
-        f"{pick['cold']:.4f}, text alone {chosen['tried'][0]['cold']:.4f})",
-        flush=True,
+    log.info(
+        "new items: text + the ID parts of the %d nearest trained items × %g (validation "
+        "NDCG@10 for stand-in new items %.4f, text alone %.4f)",
+        chosen["neighbours"],
+        chosen["weight"],
+        pick["cold"],
+        chosen["tried"][0]["cold"],
     )
     return chosen
 
@@ -608,12 +617,16 @@ def run_info(
     }
 
 
-def _print_validation(model: TrainedModel) -> None:
-    print("\n| candidate (validation: held-out next items) | NDCG@10 |")
-    print("|---|---|")
-    for name, value in model.validation.items():
-        print(f"| {name} | {value:.4f} |")
-    print(f"\nshipped: {model.shipped} — {model.reason}\n", flush=True)
+def _log_validation(model: TrainedModel) -> None:
+    """The candidates' validation NDCG@10 as a table, and what shipped."""
+    rows = [f"| {name} | {value:.4f} |" for name, value in model.validation.items()]
+    log.info(
+        "\n| candidate (validation: held-out next items) | NDCG@10 |\n|---|---|\n%s\n"
+        "shipped: %s — %s",
+        "\n".join(rows),
+        model.shipped,
+        model.reason,
+    )
 
 
 __all__ = [

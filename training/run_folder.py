@@ -22,6 +22,7 @@ benchmarks read it through :class:`RunFolder`. Nothing else spells these file na
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from training.sequence_head import HeadConfig, SequenceHead
+
+log = logging.getLogger(__name__)
 
 RUN_INFO_FILE = "run.json"
 MODEL_DIR = "model"
@@ -199,5 +202,5 @@ def write_run(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    print(f"[train] wrote {out}", flush=True)
+    log.info("wrote %s", out)
     return out
