@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from server.bundle.loader import load_bundle
 from server.bundle.manifest import render_history
 from server.bundle.new_items import DEFAULT_ID_WEIGHT, DEFAULT_NEIGHBOURS, new_item_vectors
 from server.bundle.text_encoder import CPU, TextEncoder, load_tokenizer, open_session
+from server.config import option
 from server.core.engine import RecommenderEngine, RecommendQuery, RetrievalMode
 from server.vectors import unit_rows
 from training.run_folder import RunFolder, RunFolderError
@@ -52,17 +53,38 @@ class ExportError(RuntimeError):
 class ExportOptions:
     """Knobs of one export."""
 
-    parity_min: float = PARITY_MIN_COSINE
-    parity_mean: float = PARITY_MEAN_COSINE
+    # Field metadata makes a field an option of `irec export` (irec.options).
+    parity_min: float = field(
+        default=PARITY_MIN_COSINE, metadata=option("minimum cosine to torch over the parity texts")
+    )
+    parity_mean: float = field(
+        default=PARITY_MEAN_COSINE, metadata=option("minimum mean cosine to torch")
+    )
     fp16: bool = True
-    version: str | None = None
+    version: str | None = field(
+        default=None,
+        metadata=option(
+            "bundle version string (default: UTC time + content hash)", "--bundle-version"
+        ),
+    )
     hnsw: fmt.HnswParams = fmt.HnswParams()
-    default_mode: RetrievalMode = RetrievalMode.ALL_ITEMS
+    default_mode: RetrievalMode = field(
+        default=RetrievalMode.ALL_ITEMS,
+        metadata=option(
+            "retrieval mode when a request names none", choices=[m.value for m in RetrievalMode]
+        ),
+    )
     min_recall: float = 0.9
     # Items table (CSV/Parquet) of items unknown to training: they enter the bundle by
     # their text (encoder + the head's text projection, plus an ID part borrowed from their
     # text neighbours: server/bundle/new_items.py).
-    new_items: Path | None = None
+    new_items: Path | None = field(
+        default=None,
+        metadata=option(
+            "items table (CSV/Parquet: item_id,title[,year,categories,description]) of items "
+            "unknown to training; they enter the bundle by their text alone"
+        ),
+    )
     # Per-interest answers of a head bundle: (merge, whole-history share, default number);
     # None = the manifest's defaults.
     interests: tuple[str, float, int] | None = None

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from server.bundle.manifest import read_manifest
-from server.config import ServerConfig
+from server.config import ServerConfig, option
 from server.core.batcher import LENGTH_SPREAD
 from server.core.engine import PreparedQuery, Recommendation, RecommenderEngine, RecommendQuery
 from server.core.model_slot import load_engine
@@ -80,17 +80,39 @@ class ScoringError(IrecError):
 class ScoreOptions:
     """What to score, where to write it, and how."""
 
-    bundle: Path
-    input: Path
-    output: Path
-    backend: str = "local"  # who runs the engine: local (this process) | ray
-    batch_size: int = 1024
-    k: int = 10
-    num_clusters: int = 3
-    device: str = "auto"  # local backend: auto | cpu | cuda; ray: cuda where GPUs exist
-    threads: int = 0  # ONNX Runtime intra-op threads (0 = default; ray: cores / workers)
-    workers: int = 2  # ray actors
-    address: str | None = None  # ray cluster to join (None = start a local one)
+    # Field metadata makes a field an option of `irec score` (irec.options).
+    bundle: Path = field(metadata=option("bundle folder"))
+    input: Path = field(
+        metadata=option(
+            "Parquet file or folder: user_id, history_item_ids (oldest first)[, history_texts]"
+        )
+    )
+    output: Path = field(metadata=option("folder of part files (a rerun resumes)"))
+    backend: str = field(
+        default="local",
+        metadata=option(
+            "who runs the engine: this process (local) or a Ray cluster", choices=("local", "ray")
+        ),
+    )
+    batch_size: int = field(default=1024, metadata=option("users per batch (local: per part file)"))
+    k: int = field(default=10, metadata=option("items per user", short="-k"))
+    num_clusters: int = field(
+        default=3, metadata=option("clusters per user (0 = server default)", "--clusters")
+    )
+    # Local backend: auto | cpu | cuda; ray: cuda where GPUs exist.
+    device: str = field(
+        default="auto",
+        metadata=option(
+            "ONNX Runtime device (ray: one GPU per actor where the cluster has GPUs)",
+            choices=("auto", "cpu", "cuda"),
+        ),
+    )
+    # ONNX Runtime intra-op threads (0 = default; ray: cores / workers).
+    threads: int = field(default=0, metadata=option("ONNX Runtime threads (0 = default)"))
+    workers: int = field(default=2, metadata=option("Ray actors, each loading the bundle once"))
+    address: str | None = field(
+        default=None, metadata=option("Ray cluster to join (default: start a local one)")
+    )
     progress: bool = True
 
 

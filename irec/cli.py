@@ -1,10 +1,15 @@
-"""The `irec` console script: train, eval, export, serve, query, bench, score, demo.
+"""The `irec` console script: train, eval, export, serve, query, clusters, bench, score, demo.
 
-Every option has an environment-variable twin (shown in --help), read when the
-parser is built in main(), never at import (irec.options). `serve` takes its options
-from server.config.ServerConfig and `score` from irec.batch_inference.ScoreOptions.
-`serve`, `query` and `bench` import only serving code; `train`, `eval`, `export` and
-`demo` import training code lazily and need the `train` extra.
+Every option has an environment-variable twin (shown in --help), read when the command's
+parser is built, never at import (irec.options). A command's options are made from its
+config dataclass, so each default lives in one place: train and eval from
+training.run.TrainConfig (and irec.protocol.EvalConfig), export from
+export.bundle_writer.ExportOptions, serve from server.config.ServerConfig, score from
+irec.batch_inference.ScoreOptions, bench from irec.loadgen.LoadSpec, demo from
+irec.demo.DemoConfig; query, clusters and bench share irec.client.ClientOptions. Only the
+command that runs builds its parser: `serve`, `query`, `clusters` and `bench` import only
+serving code; `train`, `eval`, `export` and `demo` import training code and need the
+`train` extra.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irec.options import EnvArgs, from_args
-from server.config import ServerConfig, default_target
+from irec.options import CommandParser, EnvArgs, MissingModule, default_of, from_args
+from server.config import option
 
 EXIT_USAGE = 2
 
@@ -66,50 +72,48 @@ def _share(value: str) -> float:
 # The head's ID dropout (training.sequence_head.HeadConfig fields; flag = --field-name): the
 # price of the text path. Unset options keep HeadConfig's defaults, named in the help.
 ID_DROPOUT_OPTIONS = {
-    "id_dropout": "share of history positions read by text alone (0.2)",
+    "id_dropout": "share of history positions read by text alone (0.0)",
     "text_only_histories": "share of training histories read by text alone, as written "
-    "histories are (0.2)",
+    "histories are (0.0)",
     "item_id_dropout": "share of items scored by text alone in a step, as new items are (0.0)",
 }
 
 
-def _model_options(a: EnvArgs) -> None:
+# The HeadConfig fields that are options (training.sequence_head carries no option metadata);
+# --epochs' default is TrainConfig's head's (training.run.HEAD_EPOCHS).
+HEAD_OPTIONS = {"epochs": option("most epochs of the sequence head")}
+# TrainConfig fields only `irec train` offers (`irec eval` trains locally).
+RAY_FIELDS = ("backend", "ray_address", "ray_workers")
+DATA_HELP = (
+    "demo[:USERS] | demo-titles[:USERS] (no categories) | movielens-1m:DIR | "
+    "movielens-1m-sasrec:DIR | movielens-latest:DIR | csv:INTERACTIONS,ITEMS (CSV or Parquet)"
+)
+
+
+def _model_options(a: EnvArgs, ray: bool) -> None:
     """Options of the model that `irec train` and `irec eval` share (one TrainConfig)."""
-    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
-    a.add(
-        "--encoder",
-        choices=["frozen", "finetune", "contrastive"],
-        default="finetune",
-        help="frozen: item texts encoded once; finetune: the encoder's top layers trained with "
-        "the sequence head on the next-item objective (kept only if better on validation); "
-        "contrastive: a history→next-item contrastive stage before the head",
+    from training.finetune import FinetuneConfig
+    from training.run import EncoderConfig, TrainConfig
+    from training.sequence_head import HeadConfig
+
+    a.add_fields(
+        TrainConfig,
+        parsers={"minutes": _positive, "clusters": _clusters},
+        exclude=() if ray else RAY_FIELDS,
     )
-    a.add("--encoder-layers", type=int, default=2, help="top encoder layers fine-tuned")
-    a.add("--encoder-lr", type=float, default=5e-5, help="AdamW learning rate of the encoder")
-    a.add("--refresh-every", type=int, default=16, help="head steps per encoder update")
-    a.add(
-        "--encoder-epochs",
-        type=int,
-        default=3,
-        help="epochs of joint encoder + head training (after one head epoch); the head "
-        "then trains alone on the tuned item table",
+    a.add_fields(EncoderConfig, dest_prefix="encoder.")
+    a.add_fields(
+        HeadConfig,
+        dest_prefix="head.",
+        defaults=default_of(TrainConfig, "head"),
+        metadata=HEAD_OPTIONS,
     )
-    a.add("--minutes", type=_positive, default=30.0, help="time budget of head (+ encoder)")
-    a.add("--epochs", type=int, default=200, help="most epochs of the sequence head")
-    a.add("--clusters", type=_clusters, default=None, help="K, or 'auto' (silhouette, 4..16)")
-    a.add("--users", type=int, help="use a seeded sample of this many users")
-    a.add("--quick", action="store_true", help="a tiny BERT built on the fly, small head")
-    a.add("--seed", type=int, default=0, help="random seed")
-    a.add("--quiet", action="store_true", help="no progress bars")
+    # Unset: the head's own default (named in the help).
     for field, help_text in ID_DROPOUT_OPTIONS.items():
         a.add(f"--{field.replace('_', '-')}", type=_share, default=None, help=help_text)
     # The contrastive stage (--encoder contrastive).
-    a.add("--max-steps", type=int, help="contrastive: stop after this many steps")
-    a.add("--batch-size", type=int, default=32, help="contrastive: histories per step")
-    a.add("--lr", type=float, default=5e-5, help="contrastive: AdamW learning rate")
-    a.add("--temperature", type=float, default=0.05, help="contrastive: softmax temperature")
-    a.add("--samples-per-user", type=int, default=1, help="contrastive: pairs per user per pass")
-    a.add("--passes", type=float, default=1.0, help="contrastive: passes over the users")
+    a.add_fields(FinetuneConfig, dest_prefix="contrastive.")
+    a.add("--quiet", action="store_true", help="no progress bars")
 
 
 def train_config(args: argparse.Namespace, out: Path) -> Any:
@@ -118,161 +122,75 @@ def train_config(args: argparse.Namespace, out: Path) -> Any:
     from training.run import EncoderConfig, TrainConfig
     from training.sequence_head import HeadConfig
 
-    return TrainConfig(
-        data=args.data,
+    contrastive = from_args(FinetuneConfig, args, "contrastive.", seed=args.seed)
+    dropouts = {f: getattr(args, f) for f in ID_DROPOUT_OPTIONS if getattr(args, f) is not None}
+    return from_args(
+        TrainConfig,
+        args,
         out=out,
-        model=args.model,
-        encoder=EncoderConfig(
-            treatment=args.encoder,
-            trainable_layers=args.encoder_layers,
-            learning_rate=args.encoder_lr,
-            refresh_every=args.refresh_every,
-            epochs=args.encoder_epochs,
-            contrastive=FinetuneConfig(
-                epochs=args.passes,
-                batch_size=args.batch_size,
-                learning_rate=args.lr,
-                temperature=args.temperature,
-                samples_per_user=args.samples_per_user,
-                max_steps=args.max_steps,
-                seed=args.seed,
-            ),
-        ),
-        head=HeadConfig(
-            epochs=args.epochs,
-            **{
-                field: getattr(args, field)
-                for field in ID_DROPOUT_OPTIONS
-                if getattr(args, field) is not None
-            },
-        ),
-        minutes=args.minutes,
-        clusters=args.clusters,
-        seed=args.seed,
-        validation_users=getattr(args, "validation_users", 1000),
-        users=args.users,
-        quick=args.quick,
+        encoder=from_args(EncoderConfig, args, "encoder.", contrastive=contrastive),
+        head=from_args(HeadConfig, args, "head.", **dropouts),
         progress=not args.quiet,
-        backend=getattr(args, "backend", "local"),
-        ray_address=getattr(args, "address", None),
-        ray_workers=getattr(args, "ray_workers", 2),
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `irec` argument parser: one subcommand per command, each option with its env twin."""
-    parser = argparse.ArgumentParser(
-        prog="irec",
-        description="Learn interest clusters, export a bundle, serve it over gRPC.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def eval_config(args: argparse.Namespace) -> Any:
+    """The EvalConfig of parsed `eval` options."""
+    from irec.protocol import EvalConfig
 
-    p = sub.add_parser(
-        "train",
-        help="train the model (encoder + sequence head + clusters) → run folder",
-        description="The one training pipeline: item texts through the encoder (frozen, or "
-        "fine-tuned with the sequence head on the next-item objective), the sequence head, "
-        "user clusters. The last item of --validation-users users is held out; the trained "
-        "model is shipped only if it beats popularity and the pretrained encoder on it, and "
-        "the fine-tuned encoder only if it beats the pretrained one (run.json says which and "
-        "why). Curves go to TensorBoard event files in RUN/tensorboard.",
+    return from_args(
+        EvalConfig,
+        args,
+        train=train_config(args, args.out / "run"),
+        text_history_users=args.text_history_users or None,
     )
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
     a = EnvArgs(p, "TRAIN")
-    a.add(
-        "--data",
-        required=True,
-        help="demo[:USERS] | demo-titles[:USERS] (no categories) | movielens-1m:DIR | "
-        "movielens-1m-sasrec:DIR | movielens-latest:DIR | csv:INTERACTIONS,ITEMS (CSV or Parquet)",
-    )
+    a.add("--data", required=True, help=DATA_HELP)
     a.add("--out", required=True, type=Path, help="run folder to write, e.g. runs/NAME")
-    _model_options(a)
-    a.add("--validation-users", type=int, default=1000, help="users whose last item validates")
-    a.add(
-        "--backend",
-        choices=["local", "ray"],
-        default="local",
-        help="local: one process; ray: Ray Data embedding, Ray Train for --encoder contrastive, "
-        "mini-batch K-Means (needs the `ray` extra)",
-    )
-    a.add("--address", help="Ray cluster address for --backend ray (default: a local Ray)")
-    a.add("--ray-workers", type=int, default=2, help="Ray Train workers and embedding actors")
+    _model_options(a, ray=True)
 
-    p = sub.add_parser(
-        "eval",
-        help="the leave-one-out protocol around the same training → report",
-        description="Leave-one-out (last item = test, second to last = validation), all items "
-        "ranked, history excluded. Tracks: warm (--seeds), cold items (held out of training, "
-        "known by text only), text histories (titles sent as history_texts to a live server).",
-    )
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    from irec.protocol import EVAL_DATA, EvalConfig
+
     a = EnvArgs(p, "EVAL")
     a.add(
         "--data",
-        default="movielens-1m-sasrec:../shared/data/ml-1m-sasrec",
+        default=EVAL_DATA,
         help="data SPEC (see train); movielens-1m-sasrec:DIR[,MOVIES] is the papers' file",
     )
-    a.add("--out", type=Path, default=Path("reports/latest"), help="report folder")
-    _model_options(a)
-    a.add("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the warm track")
-    a.add(
-        "--validation-users",
-        type=int,
-        default=1000,
-        help="users scored at each validation step (model and mode choices); all of them when "
-        "this is at least the number of users",
-    )
-    a.add("--cold-minutes", type=float, default=12.0, help="training budget of the cold track")
-    a.add("--cold-fraction", type=float, default=0.15, help="share of items held out as cold")
-    a.add(
-        "--tracks",
-        type=_tracks,
-        default=("warm", "text_history", "cold"),
-        help="comma-separated tracks to run: warm, text_history (needs warm), cold",
-    )
-    a.add(
-        "--text-history-users",
-        type=int,
-        default=0,
-        help="users of the text-history track (0 = all)",
-    )
+    _model_options(a, ray=False)
+    a.add_fields(EvalConfig, parsers={"seeds": _seeds, "tracks": _tracks})
 
-    p = sub.add_parser(
-        "export", help="run folder → verified bundle (ONNX int8/fp16, HNSW, manifest)"
-    )
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    from export.bundle_writer import ExportOptions
+
     a = EnvArgs(p, "EXPORT")
     a.add("--run", type=Path, help="run folder written by `irec train`")
     a.add("--out", type=Path, help="bundle folder to write (replaced only if the new one verifies)")
     a.add("--verify", type=Path, help="verify an existing bundle folder instead of exporting")
-    a.add(
-        "--parity-min",
-        type=float,
-        default=0.90,
-        help="minimum cosine to torch over the parity texts",
-    )
-    a.add("--parity-mean", type=float, default=0.98, help="minimum mean cosine to torch")
+    a.add_fields(ExportOptions)
     a.add("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
-    a.add(
-        "--new-items",
-        type=Path,
-        help="items table (CSV/Parquet: item_id,title[,year,categories,description]) of items "
-        "unknown to training; they enter the bundle by their text alone",
-    )
-    a.add("--bundle-version", help="bundle version string (default: UTC time + content hash)")
-    a.add(
-        "--default-mode",
-        choices=["all_items", "cluster"],
-        default="all_items",
-        help="retrieval mode when a request names none",
-    )
 
-    p = sub.add_parser("serve", help="serve a bundle over gRPC")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from server.config import ServerConfig
+
     a = EnvArgs(p, "SERVE")
     a.add_fields(ServerConfig)
-    a.add("--log-level", default="INFO", help="logging level")
+    _log_options(a)
     a.add("--log-format", choices=["text", "json"], default="text", help="log line format")
 
-    p = sub.add_parser("query", help="send Recommend requests to a running server")
+
+def _query_options(p: argparse.ArgumentParser) -> None:
+    from irec.client import ClientOptions
+
     a = EnvArgs(p, "QUERY")
-    a.add("--target", default=default_target(), help="server HOST:PORT")
+    a.add_fields(ClientOptions)
     a.add("--history", default="", help="comma-separated item IDs, oldest first")
     a.add("--text", action="append", help="free text of interest (repeatable)")
     a.add("-k", "--k", type=int, default=10, help="items to return")
@@ -292,100 +210,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add("--info", action="store_true", help="print GetModelInfo and exit")
     a.add("--json", action="store_true", help="print responses as JSON")
-    a.add("--timeout", type=float, default=30.0, help="seconds per call")
-    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
-    a.add("--tls-cert", type=Path, help="client certificate for mutual TLS")
-    a.add("--tls-key", type=Path, help="client private key for mutual TLS")
-    a.add("--token", help="bearer token")
 
-    p = sub.add_parser(
-        "clusters",
-        help="list the interest clusters: what sets each apart, its size, its top items",
-        description="From a running server (ListClusters) or, with --bundle, from a bundle "
-        "folder without a server.",
-    )
+
+def _clusters_options(p: argparse.ArgumentParser) -> None:
+    from irec.client import MUTUAL_TLS, ClientOptions
+
     a = EnvArgs(p, "CLUSTERS")
     a.add("--bundle", type=Path, help="read a bundle folder instead of asking a server")
-    a.add("--target", default=default_target(), help="server HOST:PORT")
+    a.add_fields(ClientOptions, exclude=MUTUAL_TLS)
     a.add("--top-items", type=int, default=5, help="top items per cluster (0 = all kept)")
     a.add("--json", action="store_true", help="print the answer as JSON")
-    a.add("--timeout", type=float, default=30.0, help="seconds per call")
-    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
-    a.add("--token", help="bearer token")
 
-    p = sub.add_parser("bench", help="load-test a running server: RPS and latency percentiles")
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
+    from irec.client import MUTUAL_TLS, ClientOptions
+    from irec.loadgen import LoadSpec
+
     a = EnvArgs(p, "BENCH")
-    a.add("--target", default=default_target(), help="server HOST:PORT")
-    a.add(
-        "--rpc",
-        choices=["recommend", "recommend-stream", "embed", "embed-stream", "health"],
-        default="recommend",
-        help="which RPC to drive (health: a trivial Check, the transport's own floor)",
-    )
+    a.add_fields(ClientOptions, exclude=MUTUAL_TLS)
     a.add(
         "-c",
         "--concurrency",
-        default="1",
+        default=str(default_of(LoadSpec, "concurrency")),
         help="concurrent callers (streams for *-stream); a comma list runs one row each",
     )
-    a.add("--duration", type=float, default=10.0, help="measured seconds per row")
-    a.add("--requests", type=int, help="measure this many answers instead of a duration")
-    a.add("--warmup", type=float, default=1.0, help="seconds of load before measuring")
-    a.add("--history-length", type=int, default=20, help="items (or texts) per history")
-    a.add("-k", "--k", type=int, default=10, help="items per answer")
-    a.add("--texts", type=int, default=1, help="texts per Embed request")
-    a.add("--window", type=int, default=32, help="messages in flight per stream")
-    a.add("--processes", type=int, default=1, help="client processes sharing the callers")
+    a.add_fields(LoadSpec)
     a.add("--bundle", type=Path, help="bundle folder whose item IDs make the histories")
-    a.add("--seed", type=int, default=0, help="seed of the request pool")
-    a.add("--timeout", type=float, default=30.0, help="seconds per call")
-    a.add("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS on)")
-    a.add("--token", help="bearer token")
     a.add("--json", action="store_true", help="print one JSON object per row")
 
-    p = sub.add_parser(
-        "score", help="batch-score a Parquet table of users with a bundle → Parquet parts"
-    )
+
+def _score_options(p: argparse.ArgumentParser) -> None:
+    from irec.batch_inference import ScoreOptions
+
     a = EnvArgs(p, "SCORE")
-    a.add("--bundle", required=True, type=Path, help="bundle folder")
-    a.add(
-        "--input",
-        required=True,
-        type=Path,
-        help="Parquet file or folder: user_id, history_item_ids (oldest first)[, history_texts]",
-    )
-    a.add("--output", required=True, type=Path, help="folder of part files (a rerun resumes)")
-    a.add(
-        "--backend",
-        choices=["local", "ray"],
-        default="local",
-        help="who runs the engine: this process (local) or a Ray cluster",
-    )
-    a.add("--address", help="Ray cluster to join (default: start a local one)")
-    a.add("--batch-size", type=int, default=1024, help="users per batch (local: per part file)")
-    a.add("-k", "--k", type=int, default=10, help="items per user")
-    a.add("--clusters", type=int, default=3, help="clusters per user (0 = server default)")
-    a.add("--workers", type=int, default=2, help="Ray actors, each loading the bundle once")
-    a.add(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="ONNX Runtime device (ray: one GPU per actor where the cluster has GPUs)",
-    )
-    a.add("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
+    a.add_fields(ScoreOptions)
     a.add("--quiet", action="store_true", help="no progress bar")
+    _log_options(a)
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    from irec.demo import DemoConfig
+
+    a = EnvArgs(p, "DEMO")
+    a.add_fields(DemoConfig, parsers={"minutes": _positive})
+
+
+def _log_options(a: EnvArgs) -> None:
     a.add("--log-level", default="INFO", help="logging level")
 
-    p = sub.add_parser(
-        "demo", help="the whole path on the built-in demo data: train → export → serve → query"
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `irec` argument parser: one subcommand per command, each option with its env twin.
+
+    A command's options are added when its parser is first used (irec.options.CommandParser).
+    """
+    parser = argparse.ArgumentParser(
+        prog="irec",
+        description="Learn interest clusters, export a bundle, serve it over gRPC.",
     )
-    a = EnvArgs(p, "DEMO")
-    a.add("--workdir", type=Path, default=Path("demo-output"), help="where the run and bundle go")
-    a.add("--model", help="Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)")
-    a.add("--epochs", type=int, default=6, help="sequence-head epochs (brief on purpose)")
-    a.add("--minutes", type=_positive, default=3.0, help="time budget of training")
-    a.add("--users", type=int, default=5, help="demo users to show")
-    a.add("--seed", type=int, default=0, help="random seed")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
+    for name, command in COMMANDS.items():
+        sub.add_parser(
+            name, help=command.help, description=command.description, options=command.options
+        )
     return parser
 
 
@@ -397,25 +286,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from irec.quality import EvalConfig, run_eval
+    from irec.quality import run_eval
 
-    run_eval(
-        EvalConfig(
-            train=train_config(args, args.out / "run"),
-            out=args.out,
-            seeds=args.seeds,
-            cold_minutes=args.cold_minutes,
-            cold_fraction=args.cold_fraction,
-            text_history_users=args.text_history_users or None,
-            tracks=args.tracks,
-        )
-    )
+    run_eval(eval_config(args))
     return 0
 
 
+def export_options(args: argparse.Namespace) -> Any:
+    """The ExportOptions of parsed `export` options."""
+    from export.bundle_writer import ExportOptions
+
+    return from_args(ExportOptions, args, fp16=not args.no_fp16)
+
+
 def _export(args: argparse.Namespace) -> int:
-    from export.bundle_writer import ExportOptions, export_run, verify_bundle
-    from server.core.engine import RetrievalMode
+    from export.bundle_writer import export_run, verify_bundle
 
     if args.verify is not None:
         print(verify_bundle(args.verify))
@@ -423,23 +308,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.run is None or args.out is None:
         print("irec export: give --run RUN --out BUNDLE, or --verify BUNDLE", file=sys.stderr)
         return EXIT_USAGE
-    manifest = export_run(
-        args.run,
-        args.out,
-        ExportOptions(
-            parity_min=args.parity_min,
-            parity_mean=args.parity_mean,
-            fp16=not args.no_fp16,
-            version=args.bundle_version,
-            default_mode=RetrievalMode(args.default_mode),
-            new_items=args.new_items,
-        ),
-    )
+    manifest = export_run(args.run, args.out, export_options(args))
     print(f"wrote bundle {manifest.bundle_version} to {args.out}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server.config import ServerConfig
     from server.grpc.app import serve
     from server.logs import configure
 
@@ -451,7 +326,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from irec.client import RecommenderClient, format_response, make_request, read_stream_file
+    from irec.client import (
+        ClientOptions,
+        RecommenderClient,
+        format_response,
+        make_request,
+        read_stream_file,
+    )
 
     def show(response: Any, label: str) -> None:
         if args.json:
@@ -460,9 +341,7 @@ def _query(args: argparse.Namespace) -> int:
             print(label)
             print(format_response(response))
 
-    with RecommenderClient(
-        args.target, args.timeout, args.tls_ca, args.tls_cert, args.tls_key, args.token
-    ) as client:
+    with RecommenderClient.of(from_args(ClientOptions, args)) as client:
         if args.info:
             print(json.dumps(MessageToDict(client.info()), indent=1))
             return 0
@@ -489,7 +368,7 @@ def _query(args: argparse.Namespace) -> int:
 def _list_clusters(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from irec.client import RecommenderClient, format_clusters
+    from irec.client import ClientOptions, RecommenderClient, format_clusters
 
     if args.top_items < 0:
         print(f"irec clusters: --top-items {args.top_items}: must be ≥ 0", file=sys.stderr)
@@ -497,7 +376,7 @@ def _list_clusters(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         response = _clusters_of_bundle(args.bundle, args.top_items)
     else:
-        with RecommenderClient(args.target, args.timeout, args.tls_ca, token=args.token) as client:
+        with RecommenderClient.of(from_args(ClientOptions, args)) as client:
             response = client.clusters(args.top_items)
     print(json.dumps(MessageToDict(response), indent=1) if args.json else format_clusters(response))
     return 0
@@ -512,31 +391,28 @@ def _clusters_of_bundle(path: Path, top_items: int) -> Any:
     return list_clusters_response(RecommenderEngine(load_bundle(path, device="cpu")), top_items)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from irec.loadgen import LoadSpec, LoadSpecError, format_table, item_ids_from_bundle, sweep
+def bench_spec(args: argparse.Namespace) -> tuple[Any, list[int]]:
+    """The LoadSpec of parsed `bench` options, and the concurrency of each row."""
+    from irec.loadgen import LoadSpec, LoadSpecError, item_ids_from_bundle
 
     try:
         levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     except ValueError as exc:
         raise LoadSpecError(f"--concurrency: not a comma list of integers ({exc})") from exc
-    spec = LoadSpec(
-        target=args.target,
-        rpc=args.rpc,
+    spec = from_args(
+        LoadSpec,
+        args,
         concurrency=levels[0] if levels else 0,
-        duration_s=None if args.requests else args.duration,
-        requests=args.requests,
-        warmup_s=args.warmup,
-        history_length=args.history_length,
-        k=args.k,
-        texts_per_request=args.texts,
-        window=args.window,
-        processes=args.processes,
-        seed=args.seed,
-        timeout_s=args.timeout,
+        duration_s=None if args.requests else args.duration_s,
         item_ids=item_ids_from_bundle(args.bundle) if args.bundle else (),
-        tls_ca=args.tls_ca,
-        token=args.token,
     )
+    return spec, levels
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from irec.loadgen import format_table, sweep
+
+    spec, levels = bench_spec(args)
     results = sweep(spec, levels)  # each level is checked before it runs
     if args.json:
         for result in results:
@@ -546,37 +422,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(not r.errors for r in results) else 2
 
 
+def score_options(args: argparse.Namespace) -> Any:
+    """The ScoreOptions of parsed `score` options."""
+    from irec.batch_inference import ScoreOptions
+
+    return from_args(ScoreOptions, args, progress=not args.quiet)
+
+
 def _score(args: argparse.Namespace) -> int:
+    from irec.batch_inference import score, summary_dict
     from server.logs import configure
 
     configure(args.log_level)
-    try:
-        from irec.batch_inference import ScoreOptions, score, summary_dict
-
-        summary = score(
-            ScoreOptions(
-                bundle=args.bundle,
-                input=args.input,
-                output=args.output,
-                backend=args.backend,
-                batch_size=args.batch_size,
-                k=args.k,
-                num_clusters=args.clusters,
-                device=args.device,
-                threads=args.threads,
-                workers=args.workers,
-                address=args.address,
-                progress=not args.quiet,
-            )
-        )
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pyarrow", "ray"):
-            raise
-        print(
-            f"irec score: needs {exc.name} (missing module): pip install 'irec[cpu,ray]'",
-            file=sys.stderr,
-        )
-        return 1
+    summary = score(score_options(args))
     print(json.dumps(summary_dict(summary)))
     return 0
 
@@ -584,28 +442,64 @@ def _score(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from irec.demo import DemoConfig, run_demo
 
-    return run_demo(
-        DemoConfig(
-            workdir=args.workdir,
-            model=args.model,
-            epochs=args.epochs,
-            minutes=args.minutes,
-            users=args.users,
-            seed=args.seed,
-        )
-    )
+    return run_demo(from_args(DemoConfig, args))
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": _train,
-    "eval": _eval,
-    "export": _export,
-    "serve": _serve,
-    "query": _query,
-    "clusters": _list_clusters,
-    "bench": _bench,
-    "demo": _demo,
-    "score": _score,
+@dataclass(frozen=True)
+class Command:
+    """One `irec` command: its line in `irec --help`, its options and what it runs."""
+
+    help: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+COMMANDS = {
+    "train": Command(
+        "train the model (encoder + sequence head + clusters) → run folder",
+        _train_options,
+        _train,
+        "The one training pipeline: item texts through the encoder (frozen, or fine-tuned "
+        "with the sequence head on the next-item objective), the sequence head, user clusters. "
+        "The last item of --validation-users users is held out; the trained model is shipped "
+        "only if it beats popularity and the pretrained encoder on it, and the fine-tuned "
+        "encoder only if it beats the pretrained one (run.json says which and why). Curves go "
+        "to TensorBoard event files in RUN/tensorboard.",
+    ),
+    "eval": Command(
+        "the leave-one-out protocol around the same training → report",
+        _eval_options,
+        _eval,
+        "Leave-one-out (last item = test, second to last = validation), all items ranked, "
+        "history excluded. Tracks: warm (--seeds), cold items (held out of training, known by "
+        "text only), text histories (titles sent as history_texts to a live server).",
+    ),
+    "export": Command(
+        "run folder → verified bundle (ONNX int8/fp16, HNSW, manifest)", _export_options, _export
+    ),
+    "serve": Command("serve a bundle over gRPC", _serve_options, _serve),
+    "query": Command("send Recommend requests to a running server", _query_options, _query),
+    "clusters": Command(
+        "list the interest clusters: what sets each apart, its size, its top items",
+        _clusters_options,
+        _list_clusters,
+        "From a running server (ListClusters) or, with --bundle, from a bundle folder without "
+        "a server.",
+    ),
+    "bench": Command(
+        "load-test a running server: RPS and latency percentiles", _bench_options, _bench
+    ),
+    "score": Command(
+        "batch-score a Parquet table of users with a bundle → Parquet parts",
+        _score_options,
+        _score,
+    ),
+    "demo": Command(
+        "the whole path on the built-in demo data: train → export → serve → query",
+        _demo_options,
+        _demo,
+    ),
 }
 
 
@@ -641,26 +535,44 @@ LOGGED_COMMANDS = ("train", "eval", "export", "demo")
 PACKAGES = ("irec", "training", "export", "server")
 
 
+def _missing_module(command: str, exc: ModuleNotFoundError) -> bool:
+    """Say which extra `command` needs when `exc` is a module of one; False if it is not."""
+    if command in ("train", "eval", "export", "demo"):
+        print(
+            f"irec {command}: needs the training extra (missing module {exc.name!r}): "
+            "pip install 'irec[cpu,train]'",
+            file=sys.stderr,
+        )
+        return True
+    if command == "score" and exc.name in ("pyarrow", "ray"):
+        print(
+            f"irec score: needs {exc.name} (missing module): pip install 'irec[cpu,ray]'",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one command; known errors print one line and exit non-zero."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except MissingModule as missing:  # the command's options come from an extra
+        if _missing_module(missing.command, missing.error):
+            return 1
+        raise missing.error from None
     if args.command in LOGGED_COMMANDS:
         from server.logs import configure
 
         configure(packages=PACKAGES)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:
-        if args.command not in ("train", "eval", "export", "demo"):
-            raise
-        print(
-            f"irec {args.command}: needs the training extra (missing module {exc.name!r}): "
-            "pip install 'irec[cpu,train]'",
-            file=sys.stderr,
-        )
-        return 1
+        if _missing_module(args.command, exc):
+            return 1
+        raise
     except Exception as exc:
         if not isinstance(exc, _known_errors()):
             raise

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from server.config import default_target, option
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -21,6 +23,36 @@ MODES = {
     "all": pb.RETRIEVAL_MODE_ALL_ITEMS,
     "cluster": pb.RETRIEVAL_MODE_CLUSTER,
 }
+
+
+# Seconds a call may take unless the caller says otherwise.
+CALL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Where the server is and how to reach it: the options every client command shares.
+
+    Field metadata makes a field an option of `irec query`, `irec clusters` and
+    `irec bench` (irec.options).
+    """
+
+    target: str = field(default=default_target(), metadata=option("server HOST:PORT"))
+    timeout_s: float = field(
+        default=CALL_TIMEOUT_S, metadata=option("seconds per call", "--timeout")
+    )
+    tls_ca: Path | None = field(
+        default=None, metadata=option("CA certificate that signed the server's (TLS on)")
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata=option("client certificate for mutual TLS")
+    )
+    tls_key: Path | None = field(default=None, metadata=option("client private key for mutual TLS"))
+    token: str | None = field(default=None, metadata=option("bearer token"))
+
+
+# The ClientOptions fields only mutual TLS needs (not every command offers it).
+MUTUAL_TLS = ("tls_cert", "tls_key")
 
 
 class StreamFileError(ValueError):
@@ -142,6 +174,9 @@ def open_channel(
     return module.insecure_channel(target, CHANNEL_OPTIONS)
 
 
+Client = TypeVar("Client", bound="_ClientBase")
+
+
 class _ClientBase:
     """One channel with credentials, retries and balancing; a stub; a per-call timeout."""
 
@@ -150,7 +185,7 @@ class _ClientBase:
     def __init__(
         self,
         target: str,
-        timeout_s: float = 30.0,
+        timeout_s: float = CALL_TIMEOUT_S,
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
@@ -160,6 +195,12 @@ class _ClientBase:
         self.channel: Any = open_channel(target, credentials, aio=self.AIO)
         self.stub = pb_grpc.RecommenderServiceStub(self.channel)
         self.timeout_s = timeout_s
+
+    @classmethod
+    def of(cls: type[Client], options: ClientOptions) -> Client:
+        """A client as the options say."""
+        o = options
+        return cls(o.target, o.timeout_s, o.tls_ca, o.tls_cert, o.tls_key, o.token)
 
 
 class RecommenderClient(_ClientBase):

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.bundle_writer import export_run
 from irec.client import RecommenderClient, format_response, make_request
 from irec.server_process import ServerStartError, spawn_server
 from server.bundle.manifest import read_manifest
+from server.config import option
 from training.demo_data import generate_demo
 from training.run import EncoderConfig, TrainConfig, train
 from training.sequence_head import HeadConfig
@@ -32,12 +33,19 @@ SERVER_START_TIMEOUT_S = 120.0
 class DemoConfig:
     """What `irec demo` takes."""
 
-    workdir: Path = Path("demo-output")
-    model: str | None = None
-    epochs: int = 6  # sequence-head epochs (the encoder's top layers train with it)
-    minutes: float = 3.0  # time budget of that training
-    users: int = 5
-    seed: int = 0
+    # Field metadata makes a field an option of `irec demo` (irec.options).
+    workdir: Path = field(
+        default=Path("demo-output"), metadata=option("where the run and bundle go")
+    )
+    model: str | None = field(
+        default=None,
+        metadata=option("Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)"),
+    )
+    # Sequence-head epochs (the encoder's top layers train with it).
+    epochs: int = field(default=6, metadata=option("sequence-head epochs (brief on purpose)"))
+    minutes: float = field(default=3.0, metadata=option("time budget of training"))
+    users: int = field(default=5, metadata=option("demo users to show"))
+    seed: int = field(default=0, metadata=option("random seed"))
 
 
 def _banner(text: str) -> None:

@@ -30,8 +30,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from irec.client import call_security, open_channel
+from irec.client import CALL_TIMEOUT_S, call_security, open_channel
 from server.bundle.manifest import ITEMS_FILE
+from server.config import option
 from server.generated.recsys.v1 import recommender_pb2 as pb
 from server.generated.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -59,19 +60,33 @@ class LoadSpecError(ValueError):
 class LoadSpec:
     """What to send, how hard and for how long."""
 
+    # Field metadata makes a field an option of `irec bench` (irec.options); the client
+    # options (target, timeout, TLS, token) are irec.client.ClientOptions'.
     target: str
-    rpc: str = "recommend"
+    rpc: str = field(
+        default="recommend",
+        metadata=option(
+            "which RPC to drive (health: a trivial Check, the transport's own floor)",
+            choices=RPCS,
+        ),
+    )
     concurrency: int = 1
-    duration_s: float | None = 10.0
-    requests: int | None = None
-    warmup_s: float = 1.0
-    history_length: int = 20
-    k: int = 10
-    texts_per_request: int = 1
-    window: int = 32
-    processes: int = 1
-    seed: int = 0
-    timeout_s: float = 30.0
+    duration_s: float | None = field(
+        default=10.0, metadata=option("measured seconds per row", "--duration")
+    )
+    requests: int | None = field(
+        default=None, metadata=option("measure this many answers instead of a duration")
+    )
+    warmup_s: float = field(
+        default=1.0, metadata=option("seconds of load before measuring", "--warmup")
+    )
+    history_length: int = field(default=20, metadata=option("items (or texts) per history"))
+    k: int = field(default=10, metadata=option("items per answer", short="-k"))
+    texts_per_request: int = field(default=1, metadata=option("texts per Embed request", "--texts"))
+    window: int = field(default=32, metadata=option("messages in flight per stream"))
+    processes: int = field(default=1, metadata=option("client processes sharing the callers"))
+    seed: int = field(default=0, metadata=option("seed of the request pool"))
+    timeout_s: float = CALL_TIMEOUT_S
     item_ids: tuple[str, ...] = ()
     tls_ca: Path | None = None
     token: str | None = None

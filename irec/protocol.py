@@ -6,12 +6,16 @@ Shared by irec.quality (the stages) and the tracks that have modules of their ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.config import option
 from training.run import TrainConfig, TrainConfigError
 
 TRACKS = ("warm", "text_history", "cold")
+# The papers' file (MovieLens-1M as SASRec's authors preprocessed it), where the data lives
+# on the machines of this project.
+EVAL_DATA = "movielens-1m-sasrec:../shared/data/ml-1m-sasrec"
 
 
 @dataclass(frozen=True)
@@ -19,12 +23,20 @@ class EvalConfig:
     """`irec eval`: the model's TrainConfig (the same one `irec train` takes) + the protocol."""
 
     train: TrainConfig
-    out: Path
-    seeds: tuple[int, ...] = (0,)
-    cold_minutes: float = 12.0
-    cold_fraction: float = 0.15
-    text_history_users: int | None = None  # None: every test user
-    tracks: tuple[str, ...] = TRACKS  # text_history needs warm (its model and bundle)
+    # Field metadata makes a field an option of `irec eval` (irec.options).
+    out: Path = field(default=Path("reports/latest"), metadata=option("report folder"))
+    seeds: tuple[int, ...] = field(
+        default=(0,), metadata=option("comma-separated seeds of the warm track")
+    )
+    cold_minutes: float = field(default=12.0, metadata=option("training budget of the cold track"))
+    cold_fraction: float = field(default=0.15, metadata=option("share of items held out as cold"))
+    text_history_users: int | None = field(  # None: every test user
+        default=None, metadata=option("users of the text-history track (0 = all)")
+    )
+    tracks: tuple[str, ...] = field(  # text_history needs warm (its model and bundle)
+        default=TRACKS,
+        metadata=option("comma-separated tracks to run: warm, text_history (needs warm), cold"),
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.tracks) - set(TRACKS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,15 +31,26 @@ DEFAULT_TEMPERATURE = 0.05
 class FinetuneConfig:
     """Knobs of one fine-tuning run."""
 
-    epochs: float = 1.0
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    temperature: float = DEFAULT_TEMPERATURE
+    # Field metadata makes a field an option of `irec train` and `irec eval` (irec.options).
+    epochs: float = field(
+        default=1.0, metadata={"flag": "--passes", "help": "contrastive: passes over the users"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "contrastive: histories per step"})
+    learning_rate: float = field(
+        default=5e-5, metadata={"flag": "--lr", "help": "contrastive: AdamW learning rate"}
+    )
+    temperature: float = field(
+        default=DEFAULT_TEMPERATURE, metadata={"help": "contrastive: softmax temperature"}
+    )
     history_max_length: int = 128
     item_max_length: int = 32
     max_history_items: int = 20
-    samples_per_user: int = 1
-    max_steps: int | None = None
+    samples_per_user: int = field(
+        default=1, metadata={"help": "contrastive: pairs per user per pass"}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "contrastive: stop after this many steps"}
+    )
     warmup_ratio: float = 0.1
     seed: int = 0
 

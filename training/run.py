@@ -74,14 +74,46 @@ class EncoderConfig:
         if the encoder's own recommendations improve on validation.
     """
 
-    treatment: str = "finetune"
-    trainable_layers: int = 2
-    learning_rate: float = 5e-5
-    refresh_every: int = 16
+    # Field metadata makes a field an option of `irec train` and `irec eval` (irec.options).
+    treatment: str = field(
+        default="finetune",
+        metadata={
+            "flag": "--encoder",
+            "choices": ENCODER_TREATMENTS,
+            "help": "frozen: item texts encoded once; finetune: the encoder's top layers "
+            "trained with the sequence head on the next-item objective (kept only if better "
+            "on validation); contrastive: a history→next-item contrastive stage before the head",
+        },
+    )
+    trainable_layers: int = field(
+        default=2, metadata={"flag": "--encoder-layers", "help": "top encoder layers fine-tuned"}
+    )
+    learning_rate: float = field(
+        default=5e-5,
+        metadata={"flag": "--encoder-lr", "help": "AdamW learning rate of the encoder"},
+    )
+    refresh_every: int = field(default=16, metadata={"help": "head steps per encoder update"})
     warmup_epochs: int = 1
-    epochs: int = 3  # joint encoder + head epochs (each costs a few head epochs on a CPU)
+    # Joint encoder + head epochs (each costs a few head epochs on a CPU).
+    epochs: int = field(
+        default=3,
+        metadata={
+            "flag": "--encoder-epochs",
+            "help": "epochs of joint encoder + head training (after one head epoch); the head "
+            "then trains alone on the tuned item table",
+        },
+    )
     item_max_length: int = 48
     contrastive: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# `irec train`'s most sequence-head epochs: a bound, not a target; the time budget
+# (--minutes) and early stopping on validation end training first (ML-1M: ~35 epochs).
+HEAD_EPOCHS = 200
+
+
+def _train_head_config() -> HeadConfig:
+    return HeadConfig(epochs=HEAD_EPOCHS)
 
 
 @dataclass(frozen=True)
@@ -90,21 +122,48 @@ class TrainConfig:
 
     data: str
     out: Path
-    model: str | None = None
+    # Field metadata makes a field an option of `irec train` and `irec eval` (irec.options).
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)"},
+    )
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    minutes: float = 30.0  # time budget of head (and encoder) training
-    clusters: int | None = None
-    seed: int = 0
-    validation_users: int = 1000
-    users: int | None = None  # train on a seeded sample of this many users
-    quick: bool = False  # a tiny BERT built on the fly and a small head: minutes
+    head: HeadConfig = field(default_factory=_train_head_config)
+    minutes: float = field(default=30.0, metadata={"help": "time budget of head (+ encoder)"})
+    clusters: int | None = field(
+        default=None, metadata={"help": "K, or 'auto' (silhouette, 4..16)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    validation_users: int = field(
+        default=1000,
+        metadata={
+            "help": "users whose next item validates (model, mode and new-item choices); all "
+            "of them when this is at least the number of users"
+        },
+    )
+    users: int | None = field(
+        default=None, metadata={"help": "use a seeded sample of this many users"}
+    )
+    quick: bool = field(
+        default=False, metadata={"help": "a tiny BERT built on the fly, small head"}
+    )
     progress: bool = True  # progress bars, drawn only when stderr is a terminal
-    # "local": one process; "ray": Ray Data embedding, Ray Train contrastive stage,
-    # mini-batch K-Means (training.ray_backend).
-    backend: str = "local"
-    ray_address: str | None = None
-    ray_workers: int = 2
+    backend: str = field(
+        default="local",
+        metadata={
+            "choices": ("local", "ray"),
+            "help": "local: one process; ray: Ray Data embedding, Ray Train for --encoder "
+            "contrastive, mini-batch K-Means (needs the `ray` extra)",
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--address",
+            "help": "Ray cluster address for --backend ray (default: a local Ray)",
+        },
+    )
+    ray_workers: int = field(default=2, metadata={"help": "Ray Train workers and embedding actors"})
 
     def check(self) -> None:
         """Raise ValueError naming the option when a value cannot work."""
