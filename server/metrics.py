@@ -57,8 +57,8 @@ class Metrics:
         """Record per-stage milliseconds of one request.
 
         The labelled children are looked up once per (rpc, stage) and kept: prometheus'
-        `labels()` costs more than the observation itself (benchmarks/results: ~15 µs of
-        the ~25 µs this took per request with five stages).
+        `labels()` costs more than the observation itself (the server profile in
+        benchmarks/results shows it).
         """
         children = self._latency_children
         for stage, ms in stages_ms.items():

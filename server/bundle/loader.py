@@ -195,8 +195,8 @@ def _parse_items(path: Path) -> tuple[list[str], list[str], list[str]]:
     if lines and not lines[-1]:
         lines.pop()
     try:
-        # One parse of the whole file is about twice as fast as one per line, seconds of
-        # startup at 1M items (benchmarks.startup). The count check refuses a line
+        # One parse of the whole file is faster than one per line, which matters to the
+        # startup of large catalogues (benchmarks.startup). The count check refuses a line
         # that holds two records; any failure falls through to name the bad line.
         raws = json.loads("[" + ",".join(lines) + "]")
         if len(raws) == len(lines):

@@ -11,11 +11,11 @@ already queued, so a lone request (concurrency 1) never pays ``max_wait_ms``; un
 load, runs are in progress, requests pile up behind them, and batches fill.
 
 Opt-in (``irec serve --lone-requests loop``): a lone request that ``inline`` calls cheap
-(an ID history on a sequence-head bundle: a ~1 ms head run) runs on the event loop itself
+(an ID history on a sequence-head bundle: one short head run) runs on the event loop itself
 when nothing else is queued or running, saving the hand-off to a worker thread and the
-wake-up after it (−0.4 ms per lone call in benchmarks.server_variants); anything else, and
-everything under load, goes to the pool. Not the default: while the loop runs the work, a
-stream's next messages wait, so one stream loses throughput (measured −5% to −24%).
+wake-up after it; anything else, and everything under load, goes to the pool. Not the
+default: while the loop runs the work, a stream's next messages wait, so one stream loses
+throughput. The figures are in README "Benchmarks" (benchmarks.server_variants).
 """
 
 from __future__ import annotations
