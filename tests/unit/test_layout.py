@@ -8,6 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("irec", "benchmarks", "export", "training", "server")
+# Client code, and names that said nothing the package did not (now grpc/recsys_v1.py and
+# core/model_slot.py), have no place directly under server/.
+CLIENT_OR_AMBIGUOUS_MODULES = ("client", "loadgen", "service", "serving")
 
 
 def _modules() -> dict[str, Path]:
@@ -48,3 +51,14 @@ def test_architecture_md_names_every_module_and_only_files_that_exist() -> None:
     assert not missing, f"not in ARCHITECTURE.md: {missing}"
     for path in re.findall(r"`([\w-]+/[\w/.-]+)`", text):
         assert (ROOT / path).exists(), f"ARCHITECTURE.md names {path}, which does not exist"
+
+
+def test_the_server_package_holds_the_server_and_nothing_else() -> None:
+    # Front ends, the gRPC-free core and the bundle each have a folder; client code lives
+    # with the commands (irec/), deployment files beside the Dockerfile (deploy/).
+    server = ROOT / "server"
+    folders = {p.name for p in server.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {"grpc", "core", "bundle", "generated"}
+    stray = [p.name for p in server.glob("*.py") if p.stem in CLIENT_OR_AMBIGUOUS_MODULES]
+    assert not stray, stray
+    assert (ROOT / "deploy" / "kubernetes").is_dir()
