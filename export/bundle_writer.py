@@ -122,9 +122,70 @@ def _swap_in(stage: Path, out: Path) -> None:
 
 
 def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> fmt.Manifest:
-    ft = info["finetune"]
+    """Write every file of the bundle into `stage`, the manifest last; return the manifest."""
     log.info("loading the fine-tuned encoder")
     encoder, tokenizer = load_encoder(run.model_dir)
+    fp32, encoders = _export_encoders(run, stage, encoder, tokenizer, options.fp16)
+    records = run.items()
+    trained_items = len(records)
+    item_embeddings = run.item_embeddings()
+    new_text_embeddings = None
+    if options.new_items is not None:
+        added, item_embeddings, new_text_embeddings = _add_new_items(
+            run, info, encoder, tokenizer, records, item_embeddings, options.new_items
+        )
+        records += added
+    # One seeded generator, in this order: parity texts, then the HNSW recall queries.
+    rng = np.random.default_rng(0)
+    max_length = int(info["finetune"]["history_max_length"])
+    parity = _parity_gate(
+        stage, encoders, encoder, tokenizer, [r["text"] for r in records], max_length, options, rng
+    )
+    fp32.unlink()
+    sequence_head = (
+        _export_head(run, stage, trained_items, new_text_embeddings, options.interests)
+        if run.has_head
+        else None
+    )
+    clusters = _write_catalogue(run, stage, records, trained_items, item_embeddings)
+    hnsw, recall = _write_indexes(run, stage, item_embeddings, len(records), clusters, options, rng)
+    files = checksum_files(stage)
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    version = options.version or new_version(files)
+    manifest = fmt.Manifest(
+        schema_version=fmt.SCHEMA_VERSION,
+        bundle_version=version,
+        created_at=created,
+        model_name=str(info["model_name"]),
+        dimension=int(item_embeddings.shape[1]),
+        max_sequence_length=max_length,
+        num_items=len(records),
+        num_clusters=len(clusters),
+        quantization="int8 dynamic per-channel (avx512_vnni, QOperator)"
+        + (" + fp16" if options.fp16 else ""),
+        encoders=encoders,
+        parity=parity,
+        hnsw=hnsw,
+        default_retrieval_mode=options.default_mode.value,
+        files=files,
+        sequence_head=sequence_head,
+        training=_training_record(info, recall),
+    )
+    (stage / fmt.MANIFEST_FILE).write_text(manifest.to_json())
+    log.info(
+        "bundle %s: %d items, %d clusters, HNSW recall@10 %.3f",
+        version,
+        len(records),
+        len(clusters),
+        recall,
+    )
+    return manifest
+
+
+def _export_encoders(
+    run: RunFolder, stage: Path, encoder: Any, tokenizer: Any, fp16: bool
+) -> tuple[Path, dict[str, str]]:
+    """The tokenizer and the encoder as ONNX int8 (and fp16); the fp32 file and the table."""
     tokenizer_json = run.model_dir / fmt.TOKENIZER_FILE
     if not tokenizer_json.is_file():
         raise ExportError(f"{tokenizer_json}: missing (the encoder needs a fast tokenizer)")
@@ -135,34 +196,34 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
         for n in ("input_ids", "attention_mask", "token_type_ids")
         if n in tokenizer.model_input_names
     ]
-
     log.info("ONNX fp32 → int8 (per-channel) and fp16")
     fp32 = stage / "encoder.fp32.onnx"
     export_fp32(encoder, input_names, fp32)
     quantize_int8(fp32, stage / fmt.ENCODER_INT8_FILE)
     encoders = {"int8": fmt.ENCODER_INT8_FILE}
-    if options.fp16:
+    if fp16:
         convert_fp16(fp32, stage / fmt.ENCODER_FP16_FILE)
         encoders["fp16"] = fmt.ENCODER_FP16_FILE
+    return fp32, encoders
 
-    records = run.items()
-    trained_items = len(records)
-    item_embeddings = run.item_embeddings()
-    new_text_embeddings = None
-    if options.new_items is not None:
-        added, item_embeddings, new_text_embeddings = _add_new_items(
-            run, info, encoder, tokenizer, records, item_embeddings, options.new_items
-        )
-        records += added
-    texts = [r["text"] for r in records]
-    rng = np.random.default_rng(0)
+
+def _parity_gate(
+    stage: Path,
+    encoders: dict[str, str],
+    encoder: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int,
+    options: ExportOptions,
+    rng: np.random.Generator,
+) -> dict[str, fmt.ParityReport]:
+    """Each ONNX encoder against torch on items, rendered histories and short texts."""
     picked = rng.choice(len(texts), size=min(PARITY_ITEMS, len(texts)), replace=False)
     histories = [
         render_history([texts[int(i)] for i in rng.choice(len(texts), size=int(n))])
         for n in rng.integers(2, 25, size=PARITY_HISTORIES)
     ]
     parity_texts = [texts[int(i)] for i in picked] + histories + SHORT_TEXTS
-    max_length = int(ft["history_max_length"])
     reference = embed_texts(encoder, tokenizer, parity_texts, max_length, progress=False)
     server_tokenizer = load_tokenizer(stage / fmt.TOKENIZER_FILE, max_length)
     parity: dict[str, fmt.ParityReport] = {}
@@ -184,13 +245,17 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
         )
         check_parity(name, report)
         parity[name] = report
-    fp32.unlink()
-    sequence_head = (
-        _export_head(run, stage, trained_items, new_text_embeddings, options.interests)
-        if run.has_head
-        else None
-    )
+    return parity
 
+
+def _write_catalogue(
+    run: RunFolder,
+    stage: Path,
+    records: list[dict],
+    trained_items: int,
+    item_embeddings: np.ndarray,
+) -> list[dict]:
+    """Items, their vectors, the centroids and the clusters (new items join their nearest)."""
     centroids = run.centroids()
     clusters = run.clusters()
     if len(records) > trained_items:  # new items join their nearest cluster's index
@@ -201,16 +266,27 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
     np.save(stage / fmt.ITEM_EMBEDDINGS_FILE, item_embeddings)
     np.save(stage / fmt.CENTROIDS_FILE, centroids)
     write_clusters(stage, clusters)
+    return clusters
 
+
+def _write_indexes(
+    run: RunFolder,
+    stage: Path,
+    item_embeddings: np.ndarray,
+    num_items: int,
+    clusters: list[dict],
+    options: ExportOptions,
+    rng: np.random.Generator,
+) -> tuple[fmt.HnswParams, float]:
+    """HNSW over all items and per cluster; refused below the recall floor."""
     log.info("HNSW indexes: all items and one per cluster")
-    all_rows = list(range(len(records)))
     hnsw = options.hnsw
     norms = np.linalg.norm(item_embeddings, axis=1)
     if np.abs(norms - 1.0).max() > 1e-3:  # not unit vectors: inner product is not cosine
         hnsw = replace(hnsw, mips_max_norm=float(norms.max()) * 1.0001)
-    index = build_index(item_embeddings, all_rows, hnsw)
+    index = build_index(item_embeddings, list(range(num_items)), hnsw)
     save_index(index, stage / fmt.ALL_ITEMS_INDEX_FILE)
-    queries = item_embeddings[rng.choice(len(records), size=min(200, len(records)), replace=False)]
+    queries = item_embeddings[rng.choice(num_items, size=min(200, num_items), replace=False)]
     users = run.user_embeddings()
     if users is not None:
         queries = users[rng.choice(len(users), size=min(500, len(users)), replace=False)]
@@ -218,48 +294,22 @@ def _build(run: RunFolder, info: dict, stage: Path, options: ExportOptions) -> f
     if recall < options.min_recall:
         raise ExportError(f"HNSW recall@10 {recall:.3f} is below {options.min_recall}")
     write_cluster_indexes(stage, item_embeddings, clusters, hnsw)
+    return hnsw, recall
 
-    files = checksum_files(stage)
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    version = options.version or new_version(files)
-    manifest = fmt.Manifest(
-        schema_version=fmt.SCHEMA_VERSION,
-        bundle_version=version,
-        created_at=created,
-        model_name=str(info["model_name"]),
-        dimension=int(item_embeddings.shape[1]),
-        max_sequence_length=max_length,
-        num_items=len(records),
-        num_clusters=len(clusters),
-        quantization="int8 dynamic per-channel (avx512_vnni, QOperator)"
-        + (" + fp16" if options.fp16 else ""),
-        encoders=encoders,
-        parity=parity,
-        hnsw=hnsw,
-        default_retrieval_mode=options.default_mode.value,
-        files=files,
-        sequence_head=sequence_head,
-        training={
-            "data": info.get("data"),
-            "seed": info.get("seed"),
-            "metrics": info.get("metrics", {}),
-            # Which encoder and model shipped, and the validation that chose them.
-            "encoder": info.get("encoder", {}),
-            "shipped": info.get("shipped"),
-            "validation_ndcg@10": info.get("validation_ndcg@10", {}),
-            "hnsw_recall_at_10": round(recall, 4),
-            "run_created_at": info.get("created_at"),
-        },
-    )
-    (stage / fmt.MANIFEST_FILE).write_text(manifest.to_json())
-    log.info(
-        "bundle %s: %d items, %d clusters, HNSW recall@10 %.3f",
-        version,
-        len(records),
-        len(clusters),
-        recall,
-    )
-    return manifest
+
+def _training_record(info: dict, recall: float) -> dict[str, Any]:
+    """The manifest's `training`: which run, which encoder and model shipped, and why."""
+    return {
+        "data": info.get("data"),
+        "seed": info.get("seed"),
+        "metrics": info.get("metrics", {}),
+        # Which encoder and model shipped, and the validation that chose them.
+        "encoder": info.get("encoder", {}),
+        "shipped": info.get("shipped"),
+        "validation_ndcg@10": info.get("validation_ndcg@10", {}),
+        "hnsw_recall_at_10": round(recall, 4),
+        "run_created_at": info.get("created_at"),
+    }
 
 
 def write_items(stage: Path, records: list[dict]) -> None:

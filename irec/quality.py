@@ -413,13 +413,44 @@ class QualityRun:
         return modes
 
     def _served(self, model: TrainedModel) -> Path:
+        """Export the first seed's model and evaluate the bundle through the server's engine."""
         from export.bundle_writer import ExportOptions, export_run
         from server.bundle.loader import load_bundle
-        from server.core.engine import Limits, RecommenderEngine, RecommendQuery, RetrievalMode
-        from training.run_folder import write_run
+        from server.core.engine import Limits, RecommenderEngine, RetrievalMode
 
         cfg, s = self.config, self.split
-        run = write_run(
+        run = self._write_run(model)
+        winner = self.report["modes"]["winner"]
+        mode = RetrievalMode.CLUSTER if winner == "user's cluster" else RetrievalMode.ALL_ITEMS
+        manifest = export_run(run, cfg.out / "bundle", ExportOptions(default_mode=mode))
+        bundle = load_bundle(cfg.out / "bundle", device="cpu")
+        # Whole histories, however long, so every seen item is excluded as in the torch row.
+        longest = max(len(h) for h in s.test_histories)
+        engine = RecommenderEngine(bundle, Limits(max_history_items=max(longest, 2048)))
+        self._record_served(engine, manifest, mode.value)
+        if bundle.head is not None:
+            self._served_interests(engine)
+            count, merge, share = INTEREST_VARIANTS[self.report["interests"]["winner"]]
+            if count:  # the validation winner becomes the bundle's default answer
+                manifest = export_run(
+                    run,
+                    cfg.out / "bundle",
+                    ExportOptions(default_mode=mode, interests=(merge, share, count)),
+                )
+            self.report["interests"]["served_default"] = {
+                "num_interests": count,
+                "merge": merge,
+                "whole_history_share": share,
+                "bundle_version": manifest.bundle_version,
+            }
+        return cfg.out / "bundle"
+
+    def _write_run(self, model: TrainedModel) -> Path:
+        """The first seed's model as a run folder (what `irec train` would have written)."""
+        from training.run_folder import write_run
+
+        cfg = self.config
+        return write_run(
             cfg.train.out,
             model.encoder,
             model.tokenizer,
@@ -441,13 +472,12 @@ class QualityRun:
             head=model.head,
             tensorboard=cfg.out / "tensorboard" / f"seed-{cfg.seed}",
         )
-        winner = self.report["modes"]["winner"]
-        mode = RetrievalMode.CLUSTER if winner == "user's cluster" else RetrievalMode.ALL_ITEMS
-        manifest = export_run(run, cfg.out / "bundle", ExportOptions(default_mode=mode))
-        bundle = load_bundle(cfg.out / "bundle", device="cpu")
-        # Whole histories, however long, so every seen item is excluded as in the torch row.
-        longest = max(len(h) for h in s.test_histories)
-        engine = RecommenderEngine(bundle, Limits(max_history_items=max(longest, 2048)))
+
+    def _record_served(self, engine: Any, manifest: Any, mode: str) -> None:
+        """Every test user through the served engine, against the torch model's exact row."""
+        from server.core.engine import RecommendQuery, RetrievalMode
+
+        s, bundle = self.split, engine.bundle
         ids = [item.item_id for item in bundle.items]
         lists = []
         started = time.perf_counter()
@@ -461,7 +491,7 @@ class QualityRun:
             lists.append([bundle.row_of_item[i.item_id] for i in result.items])
         seconds = time.perf_counter() - started
         ranks = hits_from_lists(lists, s.test_targets)
-        served = summarise(np.minimum(ranks, 10**6), seed=cfg.seed)
+        served = summarise(np.minimum(ranks, 10**6), seed=self.config.seed)
         served.pop("mrr")
         exact = self.report["models"][self.ours_name]
         loss = 1 - served["ndcg@10"]["mean"] / max(exact["ndcg@10"]["mean"], 1e-12)
@@ -473,7 +503,7 @@ class QualityRun:
             "requests": len(lists),
             "ms_per_request": seconds / len(lists) * 1e3,
             "bundle_version": manifest.bundle_version,
-            "default_mode": mode.value,
+            "default_mode": mode,
             "parity": {k: asdict(v) for k, v in manifest.parity.items()},
             "head_parity_min_cosine": manifest.sequence_head.parity_cosine_min
             if manifest.sequence_head
@@ -485,22 +515,6 @@ class QualityRun:
             served["ndcg@10"]["mean"],
             loss * 100,
         )
-        if bundle.head is not None:
-            self._served_interests(engine)
-            count, merge, share = INTEREST_VARIANTS[self.report["interests"]["winner"]]
-            if count:  # the validation winner becomes the bundle's default answer
-                manifest = export_run(
-                    run,
-                    cfg.out / "bundle",
-                    ExportOptions(default_mode=mode, interests=(merge, share, count)),
-                )
-            self.report["interests"]["served_default"] = {
-                "num_interests": count,
-                "merge": merge,
-                "whole_history_share": share,
-                "bundle_version": manifest.bundle_version,
-            }
-        return cfg.out / "bundle"
 
     def _served_interests(self, engine: Any) -> None:
         """Per-interest answers against the single user vector, at the same budget.
@@ -510,12 +524,9 @@ class QualityRun:
         and test (report): NDCG@10, HR@50, distinct categories in the top 10 and
         intra-list distance (mean 1 − cosine of the top 10's text embeddings).
         """
-        from server.core.engine import RecommendQuery, RetrievalMode
         from server.core.interests import MergePolicy
 
         s = self.split
-        ids = [item.item_id for item in engine.bundle.items]
-        unit = unit_rows(self.text_embeddings)
         rows = self._sample_users(
             min(len(s.train), INTEREST_USERS), self.config.seed + 5, INTEREST_SAMPLE
         )
@@ -527,78 +538,12 @@ class QualityRun:
         default_policy = engine.merge_policy
         for name, (interests, merge, share) in INTEREST_VARIANTS.items():
             engine.merge_policy = MergePolicy(merge, share)
-            results[name] = {}
-            for split, (histories, targets) in slices.items():
-                kept = [t for h, t in zip(histories, targets, strict=True) if h]
-
-                def answer(
-                    k: int, interests: int = interests, histories: list[list[int]] = histories
-                ) -> list[list[int]]:
-                    return [
-                        [
-                            engine.bundle.row_of_item[i.item_id]
-                            for i in engine.recommend(
-                                RecommendQuery(
-                                    history_item_ids=[ids[r] for r in h],
-                                    k=k,
-                                    mode=RetrievalMode.ALL_ITEMS,
-                                    num_interests=min(interests, len(engine.bundle.clusters)),
-                                )
-                            ).items
-                        ]
-                        for h in histories
-                        if h
-                    ]
-
-                # The merge depends on k: the top 10 is judged as a 10-item answer.
-                top10 = answer(10)
-                ranks10 = hits_from_lists(top10, kept)
-                ranks50 = hits_from_lists(answer(50), kept)
-                results[name][split] = {
-                    "ndcg@10": mean_ndcg(ranks10),
-                    "hr@50": float(hits_at(ranks50, 50).mean()),
-                    "categories@10": float(
-                        np.mean([len({t for r in top for t in self.terms[r]}) for top in top10])
-                    ),
-                    "ild@10": float(
-                        np.mean(
-                            [
-                                1 - (unit[top] @ unit[top].T)[np.triu_indices(len(top), 1)].mean()
-                                for top in top10
-                                if len(top) > 1
-                            ]
-                        )
-                    ),
-                }
+            results[name] = {
+                split: self._interest_metrics(engine, interests, histories, targets)
+                for split, (histories, targets) in slices.items()
+            }
         engine.merge_policy = default_policy
-        single = results["single user vector"]["validation"]
-
-        def meets(m: dict[str, float]) -> bool:
-            return (
-                m["hr@50"] >= single["hr@50"]
-                and m["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * single["ndcg@10"]
-            )
-
-        winner = max(
-            (n for n in results if meets(results[n]["validation"])),
-            key=lambda n: results[n]["validation"]["categories@10"],
-        )
-        test_single = results["single user vector"]["test"]
-        test_win = results[winner]["test"]
-        self.report["interests"] = {
-            "users": len(rows),
-            "variants": results,
-            "winner": winner,
-            "rule": (
-                f"most categories in the top 10 on validation among variants with HR@50 ≥ the "
-                f"single vector's and NDCG@10 within {INTEREST_MAX_NDCG_LOSS:.0%}"
-            ),
-            "test_goal_met": bool(
-                test_win["hr@50"] >= test_single["hr@50"]
-                and test_win["categories@10"] >= 1.2 * test_single["categories@10"]
-                and test_win["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * test_single["ndcg@10"]
-            ),
-        }
+        self.report["interests"] = {"users": len(rows)} | choose_interest_variant(results)
         for name, m in results.items():
             t = m["test"]
             log.info(
@@ -609,6 +554,90 @@ class QualityRun:
                 t["categories@10"],
                 t["ild@10"],
             )
+
+    def _interest_metrics(
+        self, engine: Any, interests: int, histories: list[list[int]], targets: list[int]
+    ) -> dict[str, float]:
+        """NDCG@10, HR@50, categories@10 and ILD@10 of the engine's answers to these users."""
+        from server.core.engine import RecommendQuery, RetrievalMode
+
+        ids = [item.item_id for item in engine.bundle.items]
+        unit = unit_rows(self.text_embeddings)
+        kept = [t for h, t in zip(histories, targets, strict=True) if h]
+
+        def answer(k: int) -> list[list[int]]:
+            return [
+                [
+                    engine.bundle.row_of_item[i.item_id]
+                    for i in engine.recommend(
+                        RecommendQuery(
+                            history_item_ids=[ids[r] for r in h],
+                            k=k,
+                            mode=RetrievalMode.ALL_ITEMS,
+                            num_interests=min(interests, len(engine.bundle.clusters)),
+                        )
+                    ).items
+                ]
+                for h in histories
+                if h
+            ]
+
+        # The merge depends on k: the top 10 is judged as a 10-item answer.
+        top10 = answer(10)
+        ranks10 = hits_from_lists(top10, kept)
+        ranks50 = hits_from_lists(answer(50), kept)
+        return {
+            "ndcg@10": mean_ndcg(ranks10),
+            "hr@50": float(hits_at(ranks50, 50).mean()),
+            "categories@10": float(
+                np.mean([len({t for r in top for t in self.terms[r]}) for top in top10])
+            ),
+            "ild@10": float(
+                np.mean(
+                    [
+                        1 - (unit[top] @ unit[top].T)[np.triu_indices(len(top), 1)].mean()
+                        for top in top10
+                        if len(top) > 1
+                    ]
+                )
+            ),
+        }
+
+
+def choose_interest_variant(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The served default among the per-interest variants, chosen on validation.
+
+    The most categories in the top 10 among variants with HR@50 at least the single
+    vector's and NDCG@10 within INTEREST_MAX_NDCG_LOSS of it; whether the winner meets
+    the goal on test (categories +20% as well).
+    """
+    single = results["single user vector"]["validation"]
+
+    def meets(m: dict[str, float]) -> bool:
+        return (
+            m["hr@50"] >= single["hr@50"]
+            and m["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * single["ndcg@10"]
+        )
+
+    winner = max(
+        (n for n in results if meets(results[n]["validation"])),
+        key=lambda n: results[n]["validation"]["categories@10"],
+    )
+    test_single = results["single user vector"]["test"]
+    test_win = results[winner]["test"]
+    return {
+        "variants": results,
+        "winner": winner,
+        "rule": (
+            f"most categories in the top 10 on validation among variants with HR@50 ≥ the "
+            f"single vector's and NDCG@10 within {INTEREST_MAX_NDCG_LOSS:.0%}"
+        ),
+        "test_goal_met": bool(
+            test_win["hr@50"] >= test_single["hr@50"]
+            and test_win["categories@10"] >= 1.2 * test_single["categories@10"]
+            and test_win["ndcg@10"] >= (1 - INTEREST_MAX_NDCG_LOSS) * test_single["ndcg@10"]
+        ),
+    }
 
 
 def served_vs_inprocess(served: np.ndarray, inprocess: np.ndarray, depth: int) -> dict[str, Any]:

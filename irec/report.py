@@ -68,7 +68,13 @@ def _id_dropout(report: dict[str, Any]) -> str:
 
 def _validation_slice(report: dict[str, Any]) -> str:
     """Whose second-to-last items validated: "all users" or "N users"."""
-    asked = report.get("config", {}).get("train", {}).get("validation_users", 1000)
+    from training.run import TrainConfig  # the default, for reports that do not say
+
+    asked = (
+        report.get("config", {})
+        .get("train", {})
+        .get("validation_users", TrainConfig.validation_users)
+    )
     users = report.get("data", {}).get("users")
     return "all users" if users is not None and asked >= users else f"{asked:,} users"
 
@@ -157,6 +163,27 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables."""
+    lines = _models_table(report)
+    lines += _tracks(report)
+    lines += _reached(report)
+    lines += _served_note(report)
+    lines += _interests_section(report)
+    lines += _modes_section(report)
+    lines += _clusters_section(report)
+    lines += _validation_section(report)
+    lines += [
+        "",
+        "## Stage times (s)",
+        "",
+        ", ".join(f"{k} {v:.0f}" for k, v in report.get("timings_s", {}).items()),
+        "",
+        "![metrics](metrics.png) ![clusters](clusters.png) ![training](training.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _models_table(report: dict[str, Any]) -> list[str]:
+    """The data, the protocol, and every model's metrics beside the published anchors."""
     data = report["data"]
     lines = [
         "# irec quality report",
@@ -176,160 +203,177 @@ def markdown(report: dict[str, Any]) -> str:
         )
     for name, (hr, ndcg) in ANCHORS.items():
         lines.append(f"| *{name}* (published) | {hr:.4f} | {ndcg:.4f} | – | – | – | – |")
-    lines += _tracks(report)
+    return lines
+
+
+def _reached(report: dict[str, Any]) -> list[str]:
+    """Our NDCG@10 against the target, what the model is made of, and what comes next."""
     ours = report["models"].get(OURS)
-    if ours:
-        reached = ours["ndcg@10"]["mean"]
-        lines += [
-            "",
-            f"Reached NDCG@10 **{reached:.4f}** (target {TARGET_NDCG}; best published "
-            f"{max(v[1] for v in ANCHORS.values()):.4f}): "
-            + (
-                "target reached."
-                if reached >= TARGET_NDCG
-                else f"{TARGET_NDCG - reached:.4f} short."
+    if not ours:
+        return []
+    reached = ours["ndcg@10"]["mean"]
+    return [
+        "",
+        f"Reached NDCG@10 **{reached:.4f}** (target {TARGET_NDCG}; best published "
+        f"{max(v[1] for v in ANCHORS.values()):.4f}): "
+        + ("target reached." if reached >= TARGET_NDCG else f"{TARGET_NDCG - reached:.4f} short.")
+        + " This model: "
+        + "; ".join(TRIED).format(
+            validation=_validation_slice(report), id_dropout=_id_dropout(report)
+        )
+        + ". Next: "
+        + "; ".join(NEXT)
+        + ".",
+    ]
+
+
+def _served_note(report: dict[str, Any]) -> list[str]:
+    """The served bundle against torch exact: loss, latency, recall, parity."""
+    served = report.get("served")
+    if not served:
+        return []
+    return [
+        "",
+        f"Served bundle `{served['bundle_version']}` "
+        f"(default mode `{served['default_mode']}`): "
+        f"relative NDCG@10 loss vs torch exact **{served['relative_ndcg@10_loss']:+.2%}**, "
+        f"{served['ms_per_request']:.2f} ms per request through the engine (1 thread), "
+        f"HNSW recall@10 {served['hnsw_recall@10']}, head parity min cosine "
+        f"{served['head_parity_min_cosine']}, text encoder parity "
+        + ", ".join(
+            f"{k} mean {v['cosine_mean']:.4f} / min {v['cosine_min']:.4f}"
+            for k, v in served["parity"].items()
+        )
+        + ". MRR is not reported for the served path (it returns the top 50 only).",
+    ]
+
+
+def _interests_section(report: dict[str, Any]) -> list[str]:
+    """Per-interest answers against the single user vector."""
+    interests = report.get("interests")
+    if not interests:
+        return []
+    lines = [
+        "",
+        "## Several interests per user (served engine, same budget k = 50)",
+        "",
+        f"{interests['users']} sampled users. `num_interests`: the history split by interest "
+        "group (recency-weighted), each part read by the ONNX head, items merged by weight. "
+        f"Served default chosen on validation: **{interests['winner']}** "
+        f"({interests['rule']}); the served bundle answers with it when a request does "
+        "not set `num_interests`. Goal on test (HR@50 ≥ single, categories +20%, NDCG@10 "
+        f"within 3%): **{'met' if interests['test_goal_met'] else 'not met'}**.",
+        "",
+        "| variant | split | NDCG@10 | HR@50 | categories in top 10 | intra-list distance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_split in interests["variants"].items():
+        for split, m in by_split.items():
+            lines.append(
+                f"| {name} | {split} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
+                f"{m['categories@10']:.2f} | {m['ild@10']:.3f} |"
             )
-            + " This model: "
-            + "; ".join(TRIED).format(
-                validation=_validation_slice(report), id_dropout=_id_dropout(report)
-            )
-            + ". Next: "
-            + "; ".join(NEXT)
-            + ".",
-        ]
+    return lines
+
+
+def _modes_section(report: dict[str, Any]) -> list[str]:
+    """Retrieval modes at the same budget, the winner, and the bundle's default mode."""
+    modes = report.get("modes")
+    if not modes:
+        return []
+    lines = [
+        "",
+        "## Retrieval modes (same candidate budget)",
+        "",
+        "| mode | HR@10 | NDCG@10 | HR@50 | NDCG@50 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in modes["metrics"].items():
+        lines.append(
+            f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
+            f"{m['ndcg@50']:.4f} |"
+        )
+    chosen_on = modes.get("chosen_on", "test")
+    lines.append(
+        f"\nWinner by {chosen_on} NDCG@10: **{modes['winner']}**"
+        + (
+            " (chosen on validation, reported on test)."
+            if chosen_on == "validation"
+            else " (this run chose on test; irec eval now chooses on validation)."
+        )
+    )
     served = report.get("served")
     if served:
+        chosen = served["default_mode"]
+        why = (
+            "the winner"
+            if modes["winner"] in ("all items", "user's cluster")
+            else "the best mode the server implements (multi-interest and blend are "
+            "measured here, not served)"
+        )
+        lines.append(f"The bundle's default retrieval mode is `{chosen}`: {why}.")
+    return lines
+
+
+def _clusters_section(report: dict[str, Any]) -> list[str]:
+    """How the clustering was chosen, its scores, the methods compared, every cluster."""
+    clusters = report.get("clusters")
+    if not clusters:
+        return []
+    lines = [
+        "",
+        "## Clusters",
+        "",
+        (
+            f"Chosen by measure: {clusters['choice']}"
+            if clusters.get("choice")
+            else f"{clusters.get('method', 'k-means')}, K = {clusters['k']}"
+        )
+        + f". Silhouette (cosine) {clusters['silhouette']:.3f}, Davies–Bouldin "
+        f"{clusters['davies_bouldin']:.3f}, NMI vs dominant genre "
+        f"{clusters['nmi_vs_dominant_genre']:.3f}, "
+        f"ARI {clusters['ari_vs_dominant_genre']:.3f}.",
+    ]
+    if clusters.get("comparison"):
         lines += [
             "",
-            f"Served bundle `{served['bundle_version']}` "
-            f"(default mode `{served['default_mode']}`): "
-            f"relative NDCG@10 loss vs torch exact **{served['relative_ndcg@10_loss']:+.2%}**, "
-            f"{served['ms_per_request']:.2f} ms per request through the engine (1 thread), "
-            f"HNSW recall@10 {served['hnsw_recall@10']}, head parity min cosine "
-            f"{served['head_parity_min_cosine']}, text encoder parity "
-            + ", ".join(
-                f"{k} mean {v['cosine_mean']:.4f} / min {v['cosine_min']:.4f}"
-                for k, v in served["parity"].items()
-            )
-            + ". MRR is not reported for the served path (it returns the top 50 only).",
-        ]
-    interests = report.get("interests")
-    if interests:
-        lines += [
+            "Clusterings compared on the same user vectors (stability: adjusted Rand index "
+            "between two overlapping 80% subsamples fitted with different seeds):",
             "",
-            "## Several interests per user (served engine, same budget k = 50)",
-            "",
-            f"{interests['users']} sampled users. `num_interests`: the history split by interest "
-            "group (recency-weighted), each part read by the ONNX head, items merged by weight. "
-            f"Served default chosen on validation: **{interests['winner']}** "
-            f"({interests['rule']}); the served bundle answers with it when a request does "
-            "not set `num_interests`. Goal on test (HR@50 ≥ single, categories +20%, NDCG@10 "
-            f"within 3%): **{'met' if interests['test_goal_met'] else 'not met'}**.",
-            "",
-            "| variant | split | NDCG@10 | HR@50 | categories in top 10 | intra-list distance |",
+            "| method | K | silhouette ↑ | Davies–Bouldin ↓ | stability ARI ↑ | NMI vs genre ↑ |",
             "|---|---|---|---|---|---|",
         ]
-        for name, by_split in interests["variants"].items():
-            for split, m in by_split.items():
-                lines.append(
-                    f"| {name} | {split} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
-                    f"{m['categories@10']:.2f} | {m['ild@10']:.3f} |"
-                )
-    modes = report.get("modes")
-    if modes:
-        lines += [
-            "",
-            "## Retrieval modes (same candidate budget)",
-            "",
-            "| mode | HR@10 | NDCG@10 | HR@50 | NDCG@50 |",
-            "|---|---|---|---|---|",
-        ]
-        for name, m in modes["metrics"].items():
+        for row in clusters["comparison"]:
+            nmi = row["nmi_known"]
             lines.append(
-                f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | "
-                f"{m['ndcg@50']:.4f} |"
+                f"| {row['method']} | {row['k']} | {row['silhouette']:.3f} | "
+                f"{row['davies_bouldin']:.3f} | {row['stability_ari']:.3f} | "
+                + (f"{nmi:.3f} |" if nmi is not None else "– |")
             )
-        chosen_on = modes.get("chosen_on", "test")
+    lines += ["", "| cluster | users | description |", "|---|---|---|"]
+    for c, (size, description) in enumerate(
+        zip(clusters["sizes"], clusters["descriptions"], strict=True)
+    ):
+        lines.append(f"| {c} | {size} | {description} |")
+    return lines
+
+
+def _validation_section(report: dict[str, Any]) -> list[str]:
+    """What validation chose with: the head's curve, then every validated choice."""
+    if "validation" not in report:
+        return []
+    lines = ["", "## Validation (tuning only)", ""]
+    head = report.get("head_training", {})
+    if head.get("epoch"):
         lines.append(
-            f"\nWinner by {chosen_on} NDCG@10: **{modes['winner']}**"
-            + (
-                " (chosen on validation, reported on test)."
-                if chosen_on == "validation"
-                else " (this run chose on test; irec eval now chooses on validation)."
+            "Sequence head, validation NDCG@10 by epoch: "
+            + ", ".join(
+                f"{e}: {v:.4f}" for e, v in zip(head["epoch"], head["val_ndcg@10"], strict=True)
             )
         )
-        if served:
-            chosen = served["default_mode"]
-            why = (
-                "the winner"
-                if modes["winner"] in ("all items", "user's cluster")
-                else "the best mode the server implements (multi-interest and blend are "
-                "measured here, not served)"
-            )
-            lines.append(f"The bundle's default retrieval mode is `{chosen}`: {why}.")
-    clusters = report.get("clusters")
-    if clusters:
-        lines += [
-            "",
-            "## Clusters",
-            "",
-            (
-                f"Chosen by measure: {clusters['choice']}"
-                if clusters.get("choice")
-                else f"{clusters.get('method', 'k-means')}, K = {clusters['k']}"
-            )
-            + f". Silhouette (cosine) {clusters['silhouette']:.3f}, Davies–Bouldin "
-            f"{clusters['davies_bouldin']:.3f}, NMI vs dominant genre "
-            f"{clusters['nmi_vs_dominant_genre']:.3f}, "
-            f"ARI {clusters['ari_vs_dominant_genre']:.3f}.",
-        ]
-        if clusters.get("comparison"):
-            lines += [
-                "",
-                "Clusterings compared on the same user vectors (stability: adjusted Rand index "
-                "between two overlapping 80% subsamples fitted with different seeds):",
-                "",
-                "| method | K | silhouette ↑ | Davies–Bouldin ↓ | stability ARI ↑ "
-                "| NMI vs genre ↑ |",
-                "|---|---|---|---|---|---|",
-            ]
-            for row in clusters["comparison"]:
-                nmi = row["nmi_known"]
-                lines.append(
-                    f"| {row['method']} | {row['k']} | {row['silhouette']:.3f} | "
-                    f"{row['davies_bouldin']:.3f} | {row['stability_ari']:.3f} | "
-                    + (f"{nmi:.3f} |" if nmi is not None else "– |")
-                )
-        lines += [
-            "",
-            "| cluster | users | description |",
-            "|---|---|---|",
-        ]
-        for c, (size, description) in enumerate(
-            zip(clusters["sizes"], clusters["descriptions"], strict=True)
-        ):
-            lines.append(f"| {c} | {size} | {description} |")
-    if "validation" in report:
-        lines += ["", "## Validation (tuning only)", ""]
-        head = report.get("head_training", {})
-        if head.get("epoch"):
-            lines.append(
-                "Sequence head, validation NDCG@10 by epoch: "
-                + ", ".join(
-                    f"{e}: {v:.4f}" for e, v in zip(head["epoch"], head["val_ndcg@10"], strict=True)
-                )
-            )
-        for name, values in report["validation"].items():
-            lines.append(f"\n{name}: " + ", ".join(f"{k}: {v:.4f}" for k, v in values.items()))
-    lines += [
-        "",
-        "## Stage times (s)",
-        "",
-        ", ".join(f"{k} {v:.0f}" for k, v in report.get("timings_s", {}).items()),
-        "",
-        "![metrics](metrics.png) ![clusters](clusters.png) ![training](training.png)",
-    ]
-    return "\n".join(lines) + "\n"
+    for name, values in report["validation"].items():
+        lines.append(f"\n{name}: " + ", ".join(f"{k}: {v:.4f}" for k, v in values.items()))
+    return lines
 
 
 def plot_metrics(report: dict[str, Any], path: Path) -> None:

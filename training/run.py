@@ -352,6 +352,22 @@ def load_model(config: TrainConfig, texts: list[str], out: Path) -> tuple[Any, A
     return encoder, tokenizer, name
 
 
+@dataclass(frozen=True)
+class ValidationSlice:
+    """The validation users: their histories (rows) and each one's held-out next item."""
+
+    histories: list[list[int]]
+    targets: list[int]
+
+    def ndcg(self, scores: np.ndarray) -> float:
+        """NDCG@10 of the targets under full-catalogue scores [users, items]."""
+        return mean_ndcg(target_ranks(scores, self.histories, self.targets))
+
+    def text_ndcg(self, text_embeddings: np.ndarray) -> float:
+        """NDCG@10 of an encoder alone: user = mean of the last item texts."""
+        return self.ndcg(baselines.frozen_text_scores(text_embeddings, self.histories))
+
+
 def fit(
     config: TrainConfig,
     items: pd.DataFrame,
@@ -376,53 +392,127 @@ def fit(
     encoder, tokenizer, model_name = load_model(config, texts, workdir)
     encoder.to(backend.device)
     enc = config.encoder
+    val = ValidationSlice(val_histories, val_targets)
     pretrained = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
-    validation: dict[str, float] = {}
     popularity = popularity_scores(train_sequences, len(items), len(val_targets))
-    validation["popularity"] = mean_ndcg(target_ranks(popularity, val_histories, val_targets))
-    validation["pretrained encoder"] = mean_ndcg(
-        target_ranks(
-            baselines.frozen_text_scores(pretrained, val_histories), val_histories, val_targets
-        )
-    )
+    validation = {
+        "popularity": val.ndcg(popularity),
+        "pretrained encoder": val.text_ndcg(pretrained),
+    }
     training: dict[str, Any] = {"treatment": enc.treatment}
-    text_embeddings = pretrained
-    contrastive_kept = False
+    text_embeddings, contrastive_kept = pretrained, False
     if enc.treatment == "contrastive":
-        start = copy.deepcopy(encoder.state_dict())
-        encoder, losses = backend.finetune(
-            encoder, tokenizer, texts, train_sequences, replace(enc.contrastive, seed=config.seed)
+        encoder, tuned, ndcg, losses = _contrastive_stage(
+            config, backend, encoder, tokenizer, texts, train_sequences, val, validation
         )
-        tuned = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
-        validation["contrastive encoder"] = mean_ndcg(
-            target_ranks(
-                baselines.frozen_text_scores(tuned, val_histories), val_histories, val_targets
-            )
-        )
-        training["contrastive_loss"] = losses
-        contrastive_kept = validation["contrastive encoder"] > validation["pretrained encoder"]
-        if contrastive_kept:
-            text_embeddings = tuned
-        else:
-            log.info(
-                "the contrastive stage did not beat the pretrained encoder on validation: "
-                "keeping the pretrained weights"
-            )
-            encoder.load_state_dict(start)
+        validation["contrastive encoder"], training["contrastive_loss"] = ndcg, losses
+        if tuned is not None:
+            text_embeddings, contrastive_kept = tuned, True
     head = SequenceHead(torch.from_numpy(text_embeddings), config.head_config())
     short_text = torch.from_numpy(
         backend.embed(encoder, tokenizer, titles, enc.item_max_length, desc="item titles")
     )
-    tuning = None
-    if enc.treatment == "finetune":
-        tower = ItemTextTower(
-            encoder.cpu(), tokenizer, texts + titles, enc.trainable_layers, enc.item_max_length
+    tuning = _encoder_tuning(enc, encoder, tokenizer, texts + titles)
+    history = _train_head(
+        config, head, train_sequences, val, excluded_items, tuning, short_text, log_dir
+    )
+    _freeze(encoder)
+    kept_updates = int(history.get("best_encoder_updates", [0.0])[0])
+    if tuning is not None:
+        training["encoder_updates_total"] = tuning.updates
+        training["encoder_updates_kept"] = kept_updates
+    validation["sequence model"] = max(history["val_ndcg@10"], default=0.0)
+    training["head"] = history | {"config": asdict(head.config)}
+    best_baseline = max(("popularity", "pretrained encoder"), key=lambda k: validation[k])
+    if validation["sequence model"] <= validation[best_baseline]:
+        return _pretrained_fallback(
+            config, texts, workdir, pretrained, validation, best_baseline, training
         )
-        tuning = EncoderTuning(tower, enc.learning_rate, enc.refresh_every)
+    reason = (
+        f"validation NDCG@10 {validation['sequence model']:.4f} > {best_baseline} "
+        f"{validation[best_baseline]:.4f}"
+    )
+    if enc.treatment == "finetune":
+        kept = f"fine-tuned ({kept_updates} updates)" if kept_updates else "pretrained"
+        reason += f"; the {kept} encoder was the better one on validation"
+    return TrainedModel(
+        encoder=encoder,
+        tokenizer=tokenizer,
+        model_name=model_name,
+        head=head,
+        text_embeddings=head.item_text[1:].numpy().copy(),
+        pretrained_text_embeddings=pretrained,
+        validation=validation,
+        shipped="sequence model",
+        reason=reason,
+        encoder_finetuned=kept_updates > 0 or contrastive_kept,
+        training=training,
+    )
+
+
+def _contrastive_stage(
+    config: TrainConfig,
+    backend: TrainingBackend,
+    encoder: MeanPoolEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    train_sequences: list[list[int]],
+    val: ValidationSlice,
+    validation: dict[str, float],
+) -> tuple[MeanPoolEncoder, np.ndarray | None, float, list[float]]:
+    """The contrastive stage, kept only if its encoder beats the pretrained one on validation.
+
+    Returns the encoder to go on with, its item-text embeddings (None when the stage was
+    not kept: the pretrained weights are restored), its validation NDCG@10 and its loss
+    per step.
+    """
+    enc = config.encoder
+    start = copy.deepcopy(encoder.state_dict())
+    encoder, losses = backend.finetune(
+        encoder, tokenizer, texts, train_sequences, replace(enc.contrastive, seed=config.seed)
+    )
+    tuned = backend.embed(encoder, tokenizer, texts, enc.item_max_length, desc="item texts")
+    ndcg = val.text_ndcg(tuned)
+    if ndcg > validation["pretrained encoder"]:
+        return encoder, tuned, ndcg, losses
+    log.info(
+        "the contrastive stage did not beat the pretrained encoder on validation: "
+        "keeping the pretrained weights"
+    )
+    encoder.load_state_dict(start)
+    return encoder, None, ndcg, losses
+
+
+def _encoder_tuning(
+    enc: EncoderConfig,
+    encoder: MeanPoolEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+) -> EncoderTuning | None:
+    """The encoder's top layers, trained with the head (--encoder finetune), or None."""
+    if enc.treatment != "finetune":
+        return None
+    tower = ItemTextTower(
+        encoder.cpu(), tokenizer, texts, enc.trainable_layers, enc.item_max_length
+    )
+    return EncoderTuning(tower, enc.learning_rate, enc.refresh_every)
+
+
+def _train_head(
+    config: TrainConfig,
+    head: SequenceHead,
+    train_sequences: list[list[int]],
+    val: ValidationSlice,
+    excluded_items: list[int] | None,
+    tuning: EncoderTuning | None,
+    short_text: torch.Tensor,
+    log_dir: Path | None,
+) -> dict[str, list[float]]:
+    """The sequence head (and the encoder's top layers with `tuning`); its curves."""
 
     def validate(model: SequenceHead) -> float:
-        users, item_vectors = score_users(model, val_histories)
-        return mean_ndcg(target_ranks(users @ item_vectors.T, val_histories, val_targets))
+        users, item_vectors = score_users(model, val.histories)
+        return val.ndcg(users @ item_vectors.T)
 
     writer = _tensorboard(log_dir)
 
@@ -438,45 +528,33 @@ def fit(
         progress=progress_bars(config.progress),
         time_budget_s=config.minutes * 60,
         encoder_tuning=tuning,
-        warmup_epochs=enc.warmup_epochs,
-        encoder_epochs=enc.epochs,
+        warmup_epochs=config.encoder.warmup_epochs,
+        encoder_epochs=config.encoder.epochs,
         log=log_scalar,
         short_text=short_text,
     )
     if writer is not None:
         writer.close()
+    return history
+
+
+def _freeze(encoder: MeanPoolEncoder) -> None:
+    """No more gradients, eval mode: the encoder as it ships."""
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
     encoder.eval()
-    kept_updates = int(history.get("best_encoder_updates", [0.0])[0])
-    if tuning is not None:
-        training["encoder_updates_total"] = tuning.updates
-        training["encoder_updates_kept"] = kept_updates
-    finetuned = kept_updates > 0 or contrastive_kept
-    validation["sequence model"] = max(history["val_ndcg@10"], default=0.0)
-    training["head"] = history | {"config": asdict(head.config)}
-    best_baseline = max(("popularity", "pretrained encoder"), key=lambda k: validation[k])
-    if validation["sequence model"] > validation[best_baseline]:
-        reason = (
-            f"validation NDCG@10 {validation['sequence model']:.4f} > {best_baseline} "
-            f"{validation[best_baseline]:.4f}"
-        )
-        if enc.treatment == "finetune":
-            kept = f"fine-tuned ({kept_updates} updates)" if kept_updates else "pretrained"
-            reason += f"; the {kept} encoder was the better one on validation"
-        return TrainedModel(
-            encoder,
-            tokenizer,
-            model_name,
-            head,
-            head.item_text[1:].numpy().copy(),
-            pretrained,
-            validation,
-            "sequence model",
-            reason,
-            finetuned,
-            training,
-        )
+
+
+def _pretrained_fallback(
+    config: TrainConfig,
+    texts: list[str],
+    workdir: Path,
+    pretrained: np.ndarray,
+    validation: dict[str, float],
+    best_baseline: str,
+    training: dict[str, Any],
+) -> TrainedModel:
+    """The pretrained encoder alone, shipped when the sequence model lost on validation."""
     reason = (
         f"the sequence model (validation NDCG@10 {validation['sequence model']:.4f}) did not "
         f"beat {best_baseline} ({validation[best_baseline]:.4f}): shipping the pretrained encoder"
@@ -484,17 +562,17 @@ def fit(
     log.info("%s", reason)
     fresh, tokenizer, model_name = load_model(config, texts, workdir)
     return TrainedModel(
-        fresh,
-        tokenizer,
-        model_name,
-        None,
-        pretrained,
-        pretrained,
-        validation,
-        "pretrained encoder",
-        reason,
-        False,
-        training,
+        encoder=fresh,
+        tokenizer=tokenizer,
+        model_name=model_name,
+        head=None,
+        text_embeddings=pretrained,
+        pretrained_text_embeddings=pretrained,
+        validation=validation,
+        shipped="pretrained encoder",
+        reason=reason,
+        encoder_finetuned=False,
+        training=training,
     )
 
 
@@ -527,32 +605,8 @@ def train(config: TrainConfig) -> Path:
 def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
     timer = StageTimer()
     with timer.stage("load data"):
-        dataset = load_spec(config.data)
-        items = dataset.items.reset_index(drop=True)
-        row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
-        users, sequences = [], []
-        for user, seq in dataset.sequences().items():
-            users.append(user)
-            sequences.append([row_of[i] for i in seq])
-        if config.users is not None and config.users < len(users):
-            keep = sorted(random.Random(config.seed).sample(range(len(users)), config.users))
-            users, sequences = [users[u] for u in keep], [sequences[u] for u in keep]
-        log.info(
-            "%s: %d users, %d items, %d interactions",
-            dataset.name,
-            len(users),
-            len(items),
-            sum(map(len, sequences)),
-        )
-    # Validation: the last item of a seeded sample of users is held out of training.
-    rng = random.Random(config.seed)
-    evaluable = [u for u, s in enumerate(sequences) if len(s) >= 3]
-    if not evaluable:
-        raise DataError(f"{config.data}: no user has 3 or more interactions to validate on")
-    held_out = set(rng.sample(evaluable, min(config.validation_users, len(evaluable))))
-    train_sequences = [s[:-1] if u in held_out else s for u, s in enumerate(sequences)]
-    val_histories = [sequences[u][:-1] for u in sorted(held_out)]
-    val_targets = [sequences[u][-1] for u in sorted(held_out)]
+        dataset_name, items, users, sequences = _load(config)
+    train_sequences, val = hold_out(config, sequences)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     workdir = config.out.with_name(config.out.name + ".work")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -561,8 +615,8 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             config,
             items,
             train_sequences,
-            val_histories,
-            val_targets,
+            val.histories,
+            val.targets,
             backend,
             workdir,
             log_dir=workdir / TENSORBOARD_DIR,
@@ -571,21 +625,11 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
     new_items: dict[str, Any] | None = None
     if model.head is not None:
         with timer.stage("new-item setting"):
-            new_items = _new_item_setting(model, val_histories, val_targets, texts, config.seed)
+            new_items = _new_item_setting(model, val.histories, val.targets, texts, config.seed)
     with timer.stage("cluster users"):
         user_vectors = model.user_vectors(sequences, texts)
         item_vectors = model.item_vectors()
-        terms = item_terms(list(items["categories"]), list(items["title"]), list(items["year"]))
-        clustering = backend.cluster(
-            unit_rows(user_vectors),
-            unit_rows(item_vectors),
-            sequences,
-            terms,
-            config.clusters,
-            config.seed,
-            render_titles(items),
-        )
-        log.info("%d clusters, silhouette %.3f", len(clustering.centroids), clustering.silhouette)
+        clustering = _cluster_users(config, backend, items, sequences, user_vectors, item_vectors)
     with timer.stage("write run"):
         out = write_run(
             config.out,
@@ -598,7 +642,7 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
             user_vectors,
             clustering,
             {
-                **run_info(config, model, dataset.name, len(users), len(items), timer.seconds),
+                **run_info(config, model, dataset_name, len(users), len(items), timer.seconds),
                 **({"new_items": new_items} if new_items else {}),
             },
             head=model.head,
@@ -606,6 +650,72 @@ def _train(config: TrainConfig, backend: TrainingBackend) -> Path:
         )
     _log_validation(model)
     return out
+
+
+def _load(config: TrainConfig) -> tuple[str, pd.DataFrame, list[str], list[list[int]]]:
+    """The data set's name, items (row order), users and their sequences of item rows."""
+    dataset = load_spec(config.data)
+    items = dataset.items.reset_index(drop=True)
+    row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
+    users, sequences = [], []
+    for user, seq in dataset.sequences().items():
+        users.append(user)
+        sequences.append([row_of[i] for i in seq])
+    if config.users is not None and config.users < len(users):
+        keep = sorted(random.Random(config.seed).sample(range(len(users)), config.users))
+        users, sequences = [users[u] for u in keep], [sequences[u] for u in keep]
+    log.info(
+        "%s: %d users, %d items, %d interactions",
+        dataset.name,
+        len(users),
+        len(items),
+        sum(map(len, sequences)),
+    )
+    return dataset.name, items, users, sequences
+
+
+def hold_out(
+    config: TrainConfig, sequences: list[list[int]]
+) -> tuple[list[list[int]], ValidationSlice]:
+    """The training sequences, and the validation slice held out of them.
+
+    The last item of a seeded sample of `config.validation_users` users (of those with 3
+    or more items) is held out of training.
+    """
+    rng = random.Random(config.seed)
+    evaluable = [u for u, s in enumerate(sequences) if len(s) >= 3]
+    if not evaluable:
+        raise DataError(f"{config.data}: no user has 3 or more interactions to validate on")
+    held_out = set(rng.sample(evaluable, min(config.validation_users, len(evaluable))))
+    train_sequences = [s[:-1] if u in held_out else s for u, s in enumerate(sequences)]
+    val = ValidationSlice(
+        histories=[sequences[u][:-1] for u in sorted(held_out)],
+        targets=[sequences[u][-1] for u in sorted(held_out)],
+    )
+    return train_sequences, val
+
+
+def _cluster_users(
+    config: TrainConfig,
+    backend: TrainingBackend,
+    items: pd.DataFrame,
+    sequences: list[list[int]],
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+) -> Clustering:
+    """Users' clusters on unit vectors, described by the items' terms and titles."""
+    terms = item_terms(list(items["categories"]), list(items["title"]), list(items["year"]))
+    clustering = backend.cluster(
+        unit_rows(user_vectors),
+        unit_rows(item_vectors),
+        sequences,
+        terms,
+        config.clusters,
+        config.seed,
+        render_titles(items),
+    )
+    log.info("%d clusters, silhouette %.3f", len(clustering.centroids), clustering.silhouette)
+    return clustering
 
 
 def _new_item_setting(
