@@ -1,4 +1,5 @@
-# Serving image: the server and the `irec` command only (no torch, no transformers). Two targets:
+# Serving image: server/ and irec/ (the commands and their gRPC client) only: no training
+# code, no torch, no transformers; deploy/ (Kubernetes) stays outside. Two targets:
 #   docker build --target cpu  -t irec-server:cpu  .
 #   docker build --target cuda -t irec-server:cuda .
 # Run with a bundle mounted read-only:
