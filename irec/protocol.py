@@ -33,6 +33,13 @@ class EvalConfig:
     text_history_users: int | None = field(  # None: every test user
         default=None, metadata=option("users of the text-history track (0 = all)")
     )
+    id_only_baseline: bool = field(
+        default=True,
+        metadata=option(
+            "train the ID-only SASRec beside irec for every seed (the same code with the "
+            "text part off, the same budget)"
+        ),
+    )
     tracks: tuple[str, ...] = field(  # text_history needs warm (its model and bundle)
         default=TRACKS,
         metadata=option("comma-separated tracks to run: warm, text_history (needs warm), cold"),

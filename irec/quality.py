@@ -73,6 +73,7 @@ INTEREST_USERS = 2000
 INTEREST_SAMPLE = 1000  # users drawn from the first INTEREST_USERS for that comparison
 INTEREST_MAX_NDCG_LOSS = 0.03
 OURS = "irec: text + ID sequence head (torch, exact)"
+ID_ONLY = "SASRec, ID only (the same code, text off; torch, exact)"
 FALLBACK = "irec: pretrained encoder (the head lost on validation)"
 
 
@@ -240,9 +241,16 @@ class QualityRun:
         name: str,
         minutes: float | None = None,
         excluded: list[int] | None = None,
+        id_only: bool = False,
     ) -> TrainedModel:
         cfg = self.config
         config = replace(cfg.train, seed=seed, minutes=minutes or cfg.train.minutes)
+        if id_only:  # the practitioner's baseline: no text anywhere, nothing to fine-tune
+            config = replace(
+                config,
+                head=replace(config.head, use_text=False),
+                encoder=replace(config.encoder, treatment="frozen"),
+            )
         histories, val_targets = self._validation(train, targets, seed)
         return fit(
             config,
@@ -257,9 +265,15 @@ class QualityRun:
         )
 
     def _warm_track(self) -> TrainedModel:
-        """The model trained once per seed on the same split; the first seed is served."""
+        """The model trained once per seed on the same split; the first seed is served.
+
+        With `id_only_baseline`, the ID-only SASRec (the same head with its text part
+        off) trains beside it on the same seed and budget: what the text adds or costs.
+        """
         cfg, s = self.config, self.split
         per_seed: dict[str, float] = {}
+        baseline: dict[str, float] = {}
+        curves: dict[str, dict[str, Any]] = {}
         first: TrainedModel | None = None
         for seed in cfg.seeds:
             model = self._fit(seed, s.train, s.val_targets, f"seed-{seed}")
@@ -270,20 +284,19 @@ class QualityRun:
             ranks = self.score_and_record(name, users @ items.T)
             per_seed[str(seed)] = mean_ndcg(ranks)
             self.report["validation"][f"seed {seed}"] = model.validation
+            curves[f"irec, seed {seed}"] = model.training["head"]
             if first is None:
                 first, self.users, self.item_vectors = model, users, items
                 self.ours_name = name
                 self.head_ranks = ranks
+            if cfg.id_only_baseline:
+                baseline[str(seed)] = self._id_only(seed, curves)
         assert first is not None
         values = list(per_seed.values())
-        self.report["tracks"] |= {
-            "warm": {
-                "ndcg10_mean": statistics.fmean(values),
-                "ndcg10_sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "seeds": [int(k) for k in per_seed],
-                "ndcg10_per_seed": per_seed,
-            }
-        }
+        self.report["tracks"] |= {"warm": spread(per_seed)}
+        if baseline:
+            self.report["tracks"]["warm"]["id_only"] = spread(baseline)
+        self.report["training"] = training_summary(curves)
         self.report["head_training"] = first.training["head"]
         self.report["encoder"] = self.report["tracks"]["encoder"] = {
             "name": first.model_name,
@@ -303,6 +316,17 @@ class QualityRun:
         )
         self.model = first
         return first
+
+    def _id_only(self, seed: int, curves: dict[str, dict[str, Any]]) -> float:
+        """Train and test the ID-only baseline for `seed`; its test NDCG@10."""
+        s = self.split
+        model = self._fit(seed, s.train, s.val_targets, f"id-only-seed-{seed}", id_only=True)
+        name = ID_ONLY if seed == self.config.seed else f"{ID_ONLY}, seed {seed}"
+        users, items = model.user_vectors(s.test_histories, self.texts), model.item_vectors()
+        ranks = self.score_and_record(name, users @ items.T)
+        self.report["validation"][f"seed {seed}, ID only"] = model.validation
+        curves[f"ID only, seed {seed}"] = model.training["head"]
+        return mean_ndcg(ranks)
 
     def _clusters_and_modes(self) -> None:
         cfg, s = self.config, self.split
@@ -602,6 +626,38 @@ class QualityRun:
                 )
             ),
         }
+
+
+def spread(per_seed: dict[str, float]) -> dict[str, Any]:
+    """Mean, sd and the values of a per-seed NDCG@10 (the report's warm-track shape)."""
+    values = list(per_seed.values())
+    return {
+        "ndcg10_mean": statistics.fmean(values),
+        "ndcg10_sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "seeds": [int(k) for k in per_seed],
+        "ndcg10_per_seed": per_seed,
+    }
+
+
+def training_summary(curves: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch (median over irec's warm epochs), epochs per seed, the curves.
+
+    `curves` maps "irec, seed N" / "ID only, seed N" to train_head's history.
+    """
+    ours = {k: v for k, v in curves.items() if k.startswith("irec")}
+    seconds = [t for history in ours.values() for t in history.get("seconds", [])]
+    return {
+        "seconds_per_epoch": statistics.median(seconds) if seconds else None,
+        "epochs": {k.rsplit(" ", 1)[-1]: len(v.get("seconds", [])) for k, v in ours.items()},
+        "curves": {
+            name: {
+                "epoch": history.get("epoch", []),
+                "val_ndcg@10": history.get("val_ndcg@10", []),
+                "seconds": history.get("seconds", []),
+            }
+            for name, history in curves.items()
+        },
+    }
 
 
 def choose_interest_variant(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:

@@ -22,9 +22,9 @@ ANCHORS = {
 }
 SERVED = "irec served bundle, item-ID histories (fp32 item-text table + ONNX head + HNSW)"
 OURS = "irec: text + ID sequence head (torch, exact)"
-TARGET_NDCG = 0.186
-TARGET_COLD_NDCG = 0.08  # about half of warm quality (issue 13)
-TARGET_TEXT_HISTORY_NDCG = 0.10  # recency-weighted ItemKNN with IDs
+TARGET_NDCG = 0.195  # above LRURec (0.1930) on this split (issue 22)
+TARGET_COLD_NDCG = 0.068  # 0.35 × the warm goal (issue 22; Pembek et al. keep 0.35–0.80)
+TARGET_TEXT_HISTORY_NDCG = 0.12  # issue 22
 
 # What the model in this report is made of, and what is known not to have helped
 # (measured in this project; README "Quality" keeps the table of tries).
@@ -104,6 +104,13 @@ def _tracks(report: dict[str, Any]) -> list[str]:
         f"{warm['ndcg10_mean']:.4f} ± {warm['ndcg10_sd']:.4f} | ≥ {TARGET_NDCG} | "
         "item IDs + texts, torch, exact |",
     ]
+    id_only = warm.get("id_only")
+    if id_only:
+        lines.append(
+            f"| warm, ID-only SASRec (the same code, text off, the same budget and seeds) | "
+            f"{id_only['ndcg10_mean']:.4f} ± {id_only['ndcg10_sd']:.4f} | irec ≥ this | "
+            "item IDs only, torch, exact |"
+        )
     cold = tracks.get("cold")
     if cold and cold.get("users"):
         lines.append(
@@ -125,6 +132,14 @@ def _tracks(report: dict[str, Any]) -> list[str]:
         + ", ".join(f"seed {k}: {v:.4f}" for k, v in warm["ndcg10_per_seed"].items())
         + "."
     )
+    training = report.get("training")
+    if training and training.get("seconds_per_epoch"):
+        epochs = ", ".join(f"seed {k}: {v}" for k, v in training["epochs"].items())
+        lines.append(
+            f"Training: {training['seconds_per_epoch']:.1f} s per epoch (median of irec's "
+            f"warm epochs); epochs run per seed: {epochs}. Learning curves in training.png "
+            "and TensorBoard."
+        )
     if cold and cold.get("rows"):
         lines += [
             "",
@@ -414,16 +429,21 @@ def plot_clusters(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_training(report: dict[str, Any], path: Path) -> None:
-    """Training loss per step and validation NDCG@10 per evaluated epoch."""
+    """Training loss per step, and validation NDCG@10 per epoch of every warm model."""
     head = report["head_training"]
+    curves = report.get("training", {}).get("curves") or {"irec": head}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
     left.plot(head["loss"], linewidth=0.8)
     left.set_xlabel("step")
     left.set_ylabel("cross-entropy")
-    left.set_title("sequence head training loss")
-    right.plot(head["epoch"], head["val_ndcg@10"], marker="o")
+    left.set_title("sequence head training loss (first seed)")
+    for name, curve in curves.items():
+        style = "-" if name.startswith("irec") else "--"
+        right.plot(curve["epoch"], curve["val_ndcg@10"], style, marker=".", label=name)
     right.set_xlabel("epoch")
     right.set_ylabel("validation NDCG@10")
+    right.set_title("learning curves (irec solid, ID-only SASRec dashed)")
+    right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

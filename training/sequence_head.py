@@ -71,8 +71,10 @@ class HeadConfig:
     use_ids: bool = True
     use_text: bool = True
     # The ID delta's norm is at most this × the norm of the item's text projection
-    # (0: uncapped). Ignored without text (the ID-only model).
-    delta_cap: float = 0.5
+    # (0: uncapped). Ignored without text (the ID-only model). ML-1M validation NDCG@10 at
+    # epoch 12, one seed (README, the tries): 0.5 → 0.1105, 1.0 → 0.1211, uncapped 0.1238,
+    # ID only 0.1049.
+    delta_cap: float = 1.0
     # Shared uniformly sampled negatives per step (0: the whole catalogue).
     negatives: int = 1024
     # bfloat16 autocast for the training step (the CPU's AMX / the GPU's tensor cores).

@@ -49,6 +49,20 @@ def test_quick_eval_writes_a_complete_report(quick_report):
         models
     )
     assert any(name.startswith("EASE") for name in models)
+    # The ID-only SASRec trained by the same code beside irec, and how training went.
+    from irec.quality import ID_ONLY
+
+    warm = report["tracks"]["warm"]
+    assert warm["id_only"]["ndcg10_mean"] == pytest.approx(models[ID_ONLY]["ndcg@10"]["mean"])
+    assert warm["id_only"]["ndcg10_mean"] > 3 * models["popularity"]["ndcg@10"]["mean"] > 0
+    training = report["training"]
+    assert set(training["curves"]) == {"irec, seed 0", "ID only, seed 0"}
+    epochs = training["epochs"]["0"]
+    assert 1 <= epochs <= QUICK_EPOCHS
+    assert len(training["curves"]["irec, seed 0"]["seconds"]) == epochs
+    assert 0 < training["seconds_per_epoch"] == pytest.approx(
+        float(np.median(training["curves"]["irec, seed 0"]["seconds"]))
+    )
     for metrics in models.values():
         for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"):
             m = metrics[key]
