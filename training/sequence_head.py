@@ -275,7 +275,7 @@ def _text_loss_rows(count: int, share: float, device: torch.device) -> torch.Ten
 
 
 @dataclass
-class _StepInputs:
+class StepInputs:
     """What a step reads besides the batch: the item tables and the items it may rank."""
 
     allowed: torch.Tensor  # rows that may be targets and negatives
@@ -286,7 +286,7 @@ class _StepInputs:
 
 
 def _history_text(
-    head: SequenceHead, ids: torch.Tensor, ids_in: torch.Tensor, inputs: _StepInputs
+    head: SequenceHead, ids: torch.Tensor, ids_in: torch.Tensor, inputs: StepInputs
 ) -> torch.Tensor:
     """Per-position text embeddings; text-only positions sometimes read the title."""
     trainable = inputs.tuning is not None
@@ -303,8 +303,8 @@ def _history_text(
     return torch.where(short[..., None], torch.cat([head.item_text[:1], titles])[ids], text_in)
 
 
-def _step_loss(
-    head: SequenceHead, ids: torch.Tensor, target: torch.Tensor, inputs: _StepInputs
+def step_loss(
+    head: SequenceHead, ids: torch.Tensor, target: torch.Tensor, inputs: StepInputs
 ) -> torch.Tensor:
     """The batch's loss: next-item CE (+ the text-only CE when weighted)."""
     config = head.config
@@ -338,7 +338,7 @@ def _step_loss(
     return loss
 
 
-def _tune_encoder(head: SequenceHead, inputs: _StepInputs) -> None:
+def _tune_encoder(head: SequenceHead, inputs: StepInputs) -> None:
     """Pass the step's table gradient to the encoder; take its refreshed tables."""
     if inputs.tuning is None or inputs.text_tables[0].grad is None:
         return
@@ -415,7 +415,7 @@ class _BestKeeper:
         self.head.eval()
 
 
-def _training_pairs(
+def training_pairs(
     sequences: Sequence[Sequence[int]], length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets): every sequence shifted by one, right-aligned to `length`."""
@@ -451,7 +451,7 @@ def _train_epoch(
     head: SequenceHead,
     optimizer: torch.optim.Optimizer,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
-    step_inputs: _StepInputs,
+    step_inputs: StepInputs,
     learning_rate: Callable[[], float],
     history: dict[str, list[float]],
     log: ScalarLog | None,
@@ -462,7 +462,7 @@ def _train_epoch(
     for batch_inputs, batch_targets in batches:
         rate = learning_rate()
         ids = torch.from_numpy(batch_inputs).to(device)
-        loss = _step_loss(head, ids, torch.from_numpy(batch_targets).to(device), step_inputs)
+        loss = step_loss(head, ids, torch.from_numpy(batch_targets).to(device), step_inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -507,7 +507,7 @@ def train_head(
     config = head.config
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    inputs, targets = _training_pairs(sequences, config.max_length)
+    inputs, targets = training_pairs(sequences, config.max_length)
     optimizer = torch.optim.AdamW(
         head.parameters(),
         lr=config.learning_rate,
@@ -516,7 +516,7 @@ def train_head(
     )
     device = head.item_text.device
     allowed, logit_mask = _allowed_rows(head.item_text.shape[0] - 1, excluded_items, device)
-    step_inputs = _StepInputs(allowed, logit_mask, short_text, None)
+    step_inputs = StepInputs(allowed, logit_mask, short_text, None)
     history: dict[str, list[float]] = {"loss": [], "val_ndcg@10": [], "epoch": [], "seconds": []}
     keeper = _BestKeeper(head, encoder_tuning)
     started = time.perf_counter()
