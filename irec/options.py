@@ -22,6 +22,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+# Actions of options that take no value: their env twin reads 1/true/yes/on.
+SWITCHES = ("store_true", argparse.BooleanOptionalAction)
 Parse = Callable[[str], Any]
 
 
@@ -89,7 +91,7 @@ class EnvArgs:
         env = f"IREC_{self.prefix}_{long[2:].replace('-', '_').upper()}"
         raw = os.environ.get(env)
         if raw is not None:
-            if kwargs.get("action") == "store_true":
+            if kwargs.get("action") in SWITCHES:
                 default = raw.lower() in ("1", "true", "yes", "on")
             else:
                 convert: Parse = kwargs.get("type", str)
@@ -97,7 +99,7 @@ class EnvArgs:
             kwargs["required"] = False
         shown = (
             ""
-            if default is None or kwargs.get("action") == "store_true"
+            if default is None or kwargs.get("action") in SWITCHES
             else f" (default: {default.value if isinstance(default, enum.Enum) else default})"
         )
         self.parser.add_argument(
@@ -128,12 +130,6 @@ class EnvArgs:
                 continue
             kwargs: dict[str, Any] = {"dest": dest_prefix + f.name}
             kind = _option_type(hints[f.name])
-            if kind is bool:
-                kwargs["action"] = "store_true"
-            else:
-                kwargs["type"] = (parsers or {}).get(f.name, kind)
-            if meta.get("choices"):
-                kwargs["choices"] = list(meta["choices"])
             if defaults is not None:
                 kwargs["default"] = getattr(defaults, f.name)
             elif f.default is not dataclasses.MISSING:
@@ -142,6 +138,14 @@ class EnvArgs:
                 kwargs["default"] = f.default_factory()
             else:
                 kwargs["required"] = True
+            if kind is bool:
+                # A switch that is on by default also gets its --no- form.
+                on = kwargs.get("default") is True
+                kwargs["action"] = argparse.BooleanOptionalAction if on else "store_true"
+            else:
+                kwargs["type"] = (parsers or {}).get(f.name, kind)
+            if meta.get("choices"):
+                kwargs["choices"] = list(meta["choices"])
             flags = [meta.get("flag") or "--" + f.name.replace("_", "-")]
             if kind is not bool and not meta.get("choices"):
                 kwargs["metavar"] = flags[0][2:].replace("-", "_").upper()

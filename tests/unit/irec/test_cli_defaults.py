@@ -6,12 +6,15 @@ the command line by hand that disagrees with its field fails here.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from irec.cli import bench_spec, build_parser, eval_config, export_options, train_config
-from irec.options import from_args
+from irec.options import EnvArgs, from_args
+from server.config import option
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -93,3 +96,16 @@ def test_a_commands_options_are_made_only_when_it_runs() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@dataclass(frozen=True)
+class Switches:
+    on: bool = field(default=True, metadata=option("on unless --no-on"))
+    off: bool = field(default=False, metadata=option("off unless --off"))
+
+
+def test_a_switch_on_by_default_can_be_turned_off() -> None:
+    parser = argparse.ArgumentParser()
+    EnvArgs(parser, "TEST").add_fields(Switches)
+    assert from_args(Switches, parser.parse_args([])) == Switches()
+    assert from_args(Switches, parser.parse_args(["--no-on", "--off"])) == Switches(False, True)
