@@ -52,7 +52,10 @@ def _fixed_bundle(source: Path, out: Path) -> Path:
     torch.manual_seed(7)
     text = rng.standard_normal((ITEMS, text_dim)).astype(np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
-    head = SequenceHead(torch.from_numpy(text), HeadConfig(dim=DIM, max_length=12, dropout=0.0))
+    # The architecture is pinned here, so a change of HeadConfig's defaults does not change
+    # the stored answers (they were rewritten when the head became text + capped ID delta).
+    config = HeadConfig(dim=DIM, max_length=12, dropout=0.0, heads=1, feedforward=4, delta_cap=1.0)
+    head = SequenceHead(torch.from_numpy(text), config)
     out.mkdir(parents=True)
     for name in {fmt.TOKENIZER_FILE, *source_manifest.encoders.values()}:
         shutil.copy(source / name, out / name)

@@ -60,8 +60,10 @@ def test_quick_eval_writes_a_complete_report(quick_report):
     epochs = training["epochs"]["0"]
     assert 1 <= epochs <= QUICK_EPOCHS
     assert len(training["curves"]["irec, seed 0"]["seconds"]) == epochs
-    assert 0 < training["seconds_per_epoch"] == pytest.approx(
-        float(np.median(training["curves"]["irec, seed 0"]["seconds"]))
+    assert (
+        0
+        < training["seconds_per_epoch"]
+        == pytest.approx(float(np.median(training["curves"]["irec, seed 0"]["seconds"])))
     )
     for metrics in models.values():
         for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"):
