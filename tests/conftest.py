@@ -22,8 +22,17 @@ TEST_USERS = 600
 def _test_head():  # type: ignore[no-untyped-def]
     from training.sequence_head import HeadConfig
 
+    # lr_floor 1.0: no budget-aware decay, whose rate follows the wall clock, so a busy
+    # machine trains the same model as a quiet one.
     return HeadConfig(
-        dim=32, max_length=50, batch_size=32, dropout=0.1, epochs=12, eval_every=2, patience=3
+        dim=32,
+        max_length=50,
+        batch_size=32,
+        dropout=0.1,
+        epochs=12,
+        eval_every=2,
+        patience=3,
+        lr_floor=1.0,
     )
 
 
