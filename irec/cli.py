@@ -80,7 +80,7 @@ ID_DROPOUT_OPTIONS = {
 
 
 # The HeadConfig fields that are options (training.sequence_head carries no option metadata);
-# --epochs' default is TrainConfig's head's (training.run.HEAD_EPOCHS).
+# --epochs' default is TrainConfig's head's (training.sequence_head.HeadConfig.epochs).
 HEAD_OPTIONS = {"epochs": option("most epochs of the sequence head")}
 # TrainConfig fields only `irec train` offers (`irec eval` trains locally).
 RAY_FIELDS = ("backend", "ray_address", "ray_workers")

@@ -107,15 +107,6 @@ class EncoderConfig:
     contrastive: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-# `irec train`'s most sequence-head epochs: a bound, not a target; the time budget
-# (--minutes) and early stopping on validation end training first (ML-1M: ~35 epochs).
-HEAD_EPOCHS = 200
-
-
-def _train_head_config() -> HeadConfig:
-    return HeadConfig(epochs=HEAD_EPOCHS)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything `irec train` takes; `irec eval` adds only its protocol options."""
@@ -128,7 +119,7 @@ class TrainConfig:
         metadata={"help": "Hugging Face encoder folder (default: packaged all-MiniLM-L6-v2)"},
     )
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    head: HeadConfig = field(default_factory=_train_head_config)
+    head: HeadConfig = field(default_factory=HeadConfig)
     minutes: float = field(default=30.0, metadata={"help": "time budget of head (+ encoder)"})
     clusters: int | None = field(
         default=None, metadata={"help": "K, or 'auto' (silhouette, 4..16)"}

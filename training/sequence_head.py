@@ -56,7 +56,7 @@ class HeadConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01  # AdamW
     batch_size: int = 128
-    epochs: int = 400
+    epochs: int = 200  # a bound: early stopping and the time budget end training first
     eval_every: int = 2
     # Training stops after this many evaluations in a row without a better validation.
     patience: int = 10
