@@ -72,9 +72,9 @@ def _share(value: str) -> float:
 # The head's ID dropout (training.sequence_head.HeadConfig fields; flag = --field-name): the
 # price of the text path. Unset options keep HeadConfig's defaults, named in the help.
 ID_DROPOUT_OPTIONS = {
-    "id_dropout": "share of history positions read by text alone (0.0)",
+    "id_dropout": "share of history positions read by text alone (0.2)",
     "text_only_histories": "share of training histories read by text alone, as written "
-    "histories are (0.0)",
+    "histories are (0.2)",
     "item_id_dropout": "share of items scored by text alone in a step, as new items are (0.0)",
 }
 

@@ -82,8 +82,10 @@ class HeadConfig:
     # The ID part randomly removed in training, so the text path works on its own: new
     # items are scored, and free-text histories read, by text alone (ID dropout, as in
     # content-based cold-start models; Pembek et al., RecSys 2025).
-    id_dropout: float = 0.0  # P(a history position enters by its text alone)
-    text_only_histories: float = 0.0  # P(a whole training history has no IDs)
+    # On: without them the head never reads a history by text, and written histories
+    # (titles only, live server, ML-1M) fell from 0.1026 to 0.0246 NDCG@10 (README).
+    id_dropout: float = 0.2  # P(a history position enters by its text alone)
+    text_only_histories: float = 0.2  # P(a whole training history has no IDs)
     # P(an item is scored by its text alone in a step).
     item_id_dropout: float = 0.0
     text_loss_weight: float = 0.0  # weight of the CE over text-only item vectors

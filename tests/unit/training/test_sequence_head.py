@@ -18,7 +18,15 @@ from training.sequence_head import (
 
 ITEMS, TEXT_DIM = 40, 16
 SMALL = HeadConfig(
-    dim=16, blocks=1, max_length=12, batch_size=16, dropout=0.0, epochs=6, eval_every=1
+    dim=16,
+    blocks=1,
+    max_length=12,
+    batch_size=16,
+    dropout=0.0,
+    epochs=6,
+    eval_every=1,
+    id_dropout=0.0,
+    text_only_histories=0.0,
 )
 
 
