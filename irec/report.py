@@ -29,29 +29,60 @@ TARGET_TEXT_HISTORY_NDCG = 0.12  # issue 22
 # What the model in this report is made of, and what is known not to have helped
 # (measured in this project; README "Quality" keeps the table of tries).
 TRIED = [
-    "full-catalogue cross-entropy at every position (not sampled negatives)",
+    "{loss} at every position",
     "item text with year and genres through the encoder (its top layers fine-tuned with the "
     "head on the next-item objective for a few epochs, the item table refreshed every few "
     "steps, kept only if better on validation; then the head alone on the tuned table), "
-    "projected, plus a zero-initialised ID residual",
-    "ID dropout ({id_dropout}) and a text-only auxiliary cross-entropy (on a random quarter "
-    "of the positions), so new items and written histories work",
+    "projected, plus {delta}",
+    "ID dropout: {id_dropout} (what written histories are trained on)",
     "most recent item at the last position of a causal transformer; the last hidden state "
     "is the user",
-    "early stopping on validation NDCG@10 of {validation} (patience 3 evaluations of 2 "
-    "epochs); the learning rate halves on each evaluation without improvement and decays "
-    "linearly over the time budget left after the encoder's epochs",
+    "{recipe}; early stopping on validation NDCG@10 of {validation} (patience {patience} "
+    "evaluations of {eval_every} epochs)",
     "retrieval within the user's cluster, multi-interest medoid queries and a blend "
     "(modes table below)",
 ]
 NEXT = [
     "train to convergence: more epochs than a 2-core budget allows (a GPU when one is lent)",
-    "3,000 sampled negatives instead of the full softmax (the best published setting)",
     "longer joint fine-tuning of the encoder (more layers, more updates; a GPU when lent)",
     "several user vectors from the head (e.g. last positions of distinct sessions) for "
     "multi-interest retrieval, instead of item medoids",
     "a text tower with more capacity for cold items (a larger packaged encoder than MiniLM)",
 ]
+
+
+def _head(report: dict[str, Any]) -> dict[str, Any]:
+    """The run's loss, item vector and optimiser in words.
+
+    Reports from before issue 22 lack the fields: full softmax, an uncapped ID residual, Adam.
+    """
+    head = report.get("config", {}).get("train", {}).get("head", {})
+    negatives = head.get("negatives", 0)
+    cap = head.get("delta_cap", 0.0)
+    if "weight_decay" in head:
+        recipe = (
+            f"AdamW (lr {head['learning_rate']:g}, weight decay {head['weight_decay']:g}), "
+            f"{head.get('heads')} attention head(s), feed-forward {head.get('feedforward')}×, "
+            f"dropout {head.get('dropout')}, length {head.get('max_length')}"
+            + (", bf16 autocast" if head.get("bf16") else "")
+        )
+    else:
+        recipe = "Adam; the learning rate halves on each evaluation without improvement"
+    return {
+        "loss": "next-item cross-entropy over "
+        + (
+            f"{negatives} uniformly sampled negatives shared by the batch"
+            if negatives
+            else "the whole catalogue"
+        ),
+        "delta": f"an ID delta whose norm is at most {cap:g} × the text projection's (a new "
+        "item: its text, delta 0)"
+        if cap
+        else "an uncapped, zero-initialised ID residual",
+        "recipe": recipe,
+        "patience": head.get("patience", 3),
+        "eval_every": head.get("eval_every", 2),
+    }
 
 
 def _id_dropout(report: dict[str, Any]) -> str:
@@ -234,7 +265,7 @@ def _reached(report: dict[str, Any]) -> list[str]:
         + ("target reached." if reached >= TARGET_NDCG else f"{TARGET_NDCG - reached:.4f} short.")
         + " This model: "
         + "; ".join(TRIED).format(
-            validation=_validation_slice(report), id_dropout=_id_dropout(report)
+            validation=_validation_slice(report), id_dropout=_id_dropout(report), **_head(report)
         )
         + ". Next: "
         + "; ".join(NEXT)
